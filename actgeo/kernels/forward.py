@@ -1,0 +1,130 @@
+"""Preactivations and layer-wise input Jacobians of one MLP, in forward mode.
+
+``z^1 = W^1 x + b^1``, ``z^l = W^l phi(z^(l-1)) + b^l`` (Poole et al. 2016),
+and ``J^1 = W^1``, ``J^l = W^l diag(phi'(z^(l-1))) J^(l-1)``: the Jacobian is
+pushed forward with the activations, and one matmul per layer carries both
+(the same ``W^l`` multiplies ``phi(z)`` and the Jacobian's columns). Layers
+2..L run under ``lax.scan``, so the program, and its compile time, does not
+grow with depth.
+
+Residual networks (``residual=alpha``) use ``z^l = z^(l-1) + alpha (W^l
+phi(z^(l-1)) + b^l)`` for ``l >= 2``.
+
+Functions take the parameters of one network (:class:`actgeo.networks.MLPParams`
+without a member axis) and a batch of inputs ``x`` of shape ``(B, D)``; vmap
+them over members. Axis letters: ``B`` inputs, ``D`` input dimension, ``N``
+width, ``L`` layers.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from actgeo.activations import Activation, get_activation
+from actgeo.networks import MLPParams
+
+
+def _first_layer(params: MLPParams, x: jax.Array):
+    """``z^1`` for inputs ``x`` of shape ``(B, D)``: ``(B, N)``."""
+    return x @ params.w_in.T + params.b_in[None]
+
+
+def step_values(act: Activation, w, b, z_prev, residual):
+    """One layer without Jacobians: ``z^l`` from ``z^(l-1)``, any leading axes."""
+    z = act.fn(z_prev) @ w.T
+    z = z + b.reshape((1,) * (z.ndim - 1) + b.shape)
+    if residual is not None:
+        z = z_prev + residual * z
+    return z
+
+
+def step_with_jacobian(act: Activation, w, b, z_prev, j_prev, residual):
+    """One layer for one input: ``(z^l, J^l)`` from ``(z^(l-1), J^(l-1))``.
+
+    Shapes: ``w (N, N)``, ``b (N,)``, ``z_prev (N,)``, ``j_prev (N, D)``.
+    """
+    columns = jnp.concatenate(
+        [act.fn(z_prev)[:, None], act.derivative(z_prev)[:, None] * j_prev], axis=1
+    )
+    out = w @ columns
+    z = out[:, 0] + b
+    j = out[:, 1:]
+    if residual is not None:
+        z = z_prev + residual * z
+        j = j_prev + residual * j
+    return z, j
+
+
+def _check(params: MLPParams, x: jax.Array):
+    if x.ndim != 2 or x.shape[1] != params.w_in.shape[-1]:
+        raise ValueError(
+            f"x: expected shape (B, D) with D = {params.w_in.shape[-1]} "
+            f"(the first layer's fan-in), got {x.shape}"
+        )
+
+
+def preactivations(
+    params: MLPParams,
+    x: jax.Array,
+    activation: str | Activation,
+    *,
+    residual: float | jax.Array | None = None,
+) -> jax.Array:
+    """Preactivations ``z^l`` of every layer: ``(L, B, N)``."""
+    act = get_activation(activation)
+    _check(params, x)
+    z1 = _first_layer(params, x)
+
+    def body(z, layer):
+        z = step_values(act, layer[0], layer[1], z, residual)
+        return z, z
+
+    _, zs = jax.lax.scan(body, z1, (params.w, params.b))
+    return jnp.concatenate([z1[None], zs], axis=0)
+
+
+def jacobians(
+    params: MLPParams,
+    x: jax.Array,
+    activation: str | Activation,
+    *,
+    residual: float | jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Preactivations and input Jacobians of every layer, in forward mode.
+
+    Returns:
+      ``z`` of shape ``(L, B, N)`` and ``J = dz/dx`` of shape ``(L, B, N, D)``.
+      This keeps every layer's Jacobian; :func:`actgeo.kernels.layer_statistics`
+      streams through depth instead.
+    """
+    act = get_activation(activation)
+    _check(params, x)
+    z1 = _first_layer(params, x)
+    j1 = jnp.broadcast_to(params.w_in, (x.shape[0], *params.w_in.shape))
+    def one_input(w, b, z, j):
+        return step_with_jacobian(act, w, b, z, j, residual)
+
+    step = jax.vmap(one_input, in_axes=(None, None, 0, 0))
+
+    def body(carry, layer):
+        z, j = step(layer[0], layer[1], *carry)
+        return (z, j), (z, j)
+
+    _, (zs, js) = jax.lax.scan(body, (z1, j1), (params.w, params.b))
+    return (
+        jnp.concatenate([z1[None], zs], axis=0),
+        jnp.concatenate([j1[None], js], axis=0),
+    )
+
+
+def readout(
+    params: MLPParams,
+    z_last: jax.Array,
+    activation: str | Activation,
+) -> jax.Array:
+    """Readout ``z^(L+1) = W^out phi(z^L) + b^out``: ``(B, K)`` from ``(B, N)``."""
+    if params.w_out is None:
+        raise ValueError("params: this network has no readout (NetworkSpec.readout)")
+    act = get_activation(activation)
+    return act.fn(z_last) @ params.w_out.T + params.b_out[None]

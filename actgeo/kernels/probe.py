@@ -1,0 +1,62 @@
+"""Context retention: held-out R^2 of a ridge probe from a layer to a target.
+
+The probe is linear ridge regression with an intercept, fitted on the first
+``n_train`` inputs and scored on the rest. Features are centred on the
+training mean and divided by their root-mean-square, and the penalty is
+``lambda = ridge * n_train`` in those units: a fraction ``ridge`` of the
+features' average variance times the sample count, so it means the same at
+every layer whatever the representation's scale. The fit is solved in the
+dual (an ``n_train x n_train`` system), which equals the primal ridge
+solution exactly and is cheaper when the width exceeds the training set.
+
+The score is the variance-weighted held-out R^2 over all targets,
+``1 - sum SSE / sum SST`` with ``SST`` about the test targets' mean (as
+scikit-learn's ``r2_score(..., multioutput="variance_weighted")``). It is 1
+for a perfect probe, 0 for predicting the mean, and negative for worse.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def ridge_r2(
+    features: jax.Array, targets: jax.Array, n_train: int, ridge: float | jax.Array
+) -> jax.Array:
+    """Held-out R^2 of a ridge probe from ``features`` to ``targets``.
+
+    Args:
+      features: ``(P, N)`` representation of ``P`` inputs.
+      targets: ``(P, T)`` or ``(P,)`` values to recover.
+      n_train: the first ``n_train`` rows fit the probe; the rest score it.
+      ridge: penalty relative to the features' variance (see module doc).
+
+    Returns:
+      A scalar R^2. If the features are constant on the training set, the
+      probe predicts the training mean.
+    """
+    if targets.ndim == 1:
+        targets = targets[:, None]
+    x_tr, x_te = features[:n_train], features[n_train:]
+    y_tr, y_te = targets[:n_train], targets[n_train:]
+    mu = jnp.mean(x_tr, axis=0)
+    x_tr = x_tr - mu[None]
+    x_te = x_te - mu[None]
+    rms = jnp.sqrt(jnp.mean(x_tr * x_tr))
+    informative = rms > 0
+    rms = jnp.where(informative, rms, jnp.ones_like(rms))
+    x_tr = x_tr / rms
+    x_te = x_te / rms
+    y_mu = jnp.mean(y_tr, axis=0)
+    gram = x_tr @ x_tr.T
+    lam = ridge * n_train
+    system = gram + lam * jnp.eye(n_train, dtype=gram.dtype)
+    factor = jax.scipy.linalg.cho_factor(system, lower=True)
+    dual = jax.scipy.linalg.cho_solve(factor, y_tr - y_mu[None])
+    pred = (x_te @ x_tr.T) @ dual
+    pred = jnp.where(informative, pred, jnp.zeros_like(pred)) + y_mu[None]
+    sse = jnp.sum((y_te - pred) ** 2)
+    sst = jnp.sum((y_te - jnp.mean(y_te, axis=0, keepdims=True)) ** 2)
+    sst_safe = jnp.where(sst > 0, sst, jnp.ones_like(sst))
+    return jnp.where(sst > 0, 1.0 - sse / sst_safe, jnp.zeros_like(sst))

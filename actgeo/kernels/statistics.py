@@ -1,0 +1,324 @@
+"""Per-layer statistics of one network, streamed through depth.
+
+For every layer ``l`` this computes, without keeping any layer's per-neuron
+arrays:
+
+* ``delta_in``: distance from ``x`` to each neuron's boundary in input space,
+  ``|z_i^l(x)| / |J_i^l(x)|`` (first order; exact inside a linear region of a
+  piecewise-linear network);
+* ``delta_rep``: the same in representation space, ``|z_i^l| / |W_i^l|``,
+  the distance from ``phi(z^(l-1))`` to the neuron's hyperplane (for residual
+  layers, ``|z_i^l| / (alpha |W_i^l|)``, the skip term counting as offset);
+* ``region``: distance to the boundary of the current linear region, the
+  minimum of ``delta_in`` over all neurons of layers ``1..l``;
+* ``q``: ``|z^l|^2 / N`` averaged over inputs (Poole et al. 2016);
+* ``correlation``: ``c^l`` between consecutive input pairs ``(0, 1), (2, 3),
+  ...``, averaged over pairs;
+* ``log10_jacobian_norm``: ``log10 |J^l|_F``, averaged over inputs;
+* ``saturated``: fraction of units whose slope is under 1% of the
+  activation's peak slope (for relu, the inactive units);
+* ``retention_first`` and ``retention_target``: held-out R^2 of a ridge probe
+  from ``phi(z^l)`` to the first layer's signed distances
+  ``z_i^1 / |W_i^1|`` and to a given target (see :mod:`.probe`).
+
+Distances are summarized in ``log10`` as histograms and counts
+(:mod:`.histogram`), computed in log space so that they neither overflow nor
+underflow; a zero gradient gives ``+inf``, counted in ``n_inf``.
+
+Two entry points give the same numbers: :func:`layer_statistics` for an MLP's
+parameters (forward-mode Jacobians, ``lax.scan`` over layers) and
+:func:`measure_function` for any function returning per-layer preactivations,
+such as a user's own JAX or Flax model (Jacobians by ``jax.jacfwd``, layers
+unrolled).
+
+Axis letters: ``B`` inputs whose Jacobians are propagated, ``P`` probe inputs
+(forward only), ``D`` input dimension, ``N`` width, ``L`` layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from actgeo.activations import Activation, get_activation
+from actgeo.kernels import _norms
+from actgeo.kernels.forward import _first_layer, step_values, step_with_jacobian
+from actgeo.kernels.histogram import Bins, LogSummary, summarize
+from actgeo.kernels.probe import ridge_r2
+from actgeo.networks import MLPParams
+
+
+@dataclasses.dataclass(frozen=True)
+class StatsConfig:
+    """Static settings of the statistics (hashable; part of the compiled shape).
+
+    Attributes:
+      bins: histogram bins of log10 distance.
+      ridge: probe penalty relative to the features' variance.
+      train_fraction: share of probe inputs that fit the probe (the first
+        ones); the rest score it.
+    """
+
+    bins: Bins = Bins()
+    ridge: float = 1e-3
+    train_fraction: float = 0.5
+
+    def __post_init__(self):
+        if not (self.ridge > 0 and jnp.isfinite(self.ridge)):
+            raise ValueError(f"StatsConfig: ridge must be positive, got {self.ridge}")
+        if not 0 < self.train_fraction < 1:
+            raise ValueError(
+                "StatsConfig: train_fraction must lie in (0, 1), got "
+                f"{self.train_fraction}"
+            )
+
+    def n_train(self, n_probe: int) -> int:
+        return int(round(self.train_fraction * n_probe))
+
+
+class LayerStats(NamedTuple):
+    """Per-layer statistics of one network (leading axis ``L``).
+
+    A member axis ``E`` comes first when vmapped. ``retention_first`` and
+    ``retention_target`` are ``None`` when no probe inputs (or no target) were
+    given; ``delta_rep`` is ``None`` when a generic function gave no weight
+    norms.
+    """
+
+    q: jax.Array
+    correlation: jax.Array
+    log10_jacobian_norm: jax.Array
+    saturated: jax.Array
+    retention_first: jax.Array | None
+    retention_target: jax.Array | None
+    delta_in: LogSummary
+    delta_rep: LogSummary | None
+    region: LogSummary
+
+
+def _pair_correlation(z: jax.Array) -> jax.Array:
+    """Mean cosine between rows ``(0, 1), (2, 3), ...`` of ``z (P, N)``."""
+    n_pairs = z.shape[0] // 2
+    if n_pairs == 0:
+        return jnp.ones((), z.dtype)
+    norms = _norms.norm(z, axis=-1)
+    unit = z / jnp.where(norms > 0, norms, jnp.ones_like(norms))[:, None]
+    a, b = unit[0 : 2 * n_pairs : 2], unit[1 : 2 * n_pairs : 2]
+    return jnp.mean(jnp.sum(a * b, axis=-1))
+
+
+def _layer_summary(
+    act: Activation,
+    config: StatsConfig,
+    z: jax.Array,
+    j: jax.Array,
+    log_row_norm: jax.Array | None,
+    region_prev: jax.Array,
+    zp: jax.Array,
+    first_distances: jax.Array | None,
+    target: jax.Array | None,
+):
+    """Statistics of one layer, shared by both entry points.
+
+    Shapes: ``z (B, N)``, ``j (B, N, D)``, ``log_row_norm (N,)`` (log10 of the
+    representation-space scale of each neuron), ``region_prev (B,)`` (log10),
+    ``zp (P, N)``, ``first_distances (P, N)``, ``target (P,)``.
+    """
+    bins = config.bins
+    log_in = _norms.log10_ratio(z, j, axis=-1)
+    region = jnp.minimum(region_prev, jnp.min(log_in, axis=-1))
+    delta_rep = None
+    if log_row_norm is not None:
+        log_rep = _norms.log10_abs(z) - log_row_norm[None]
+        # A neuron with all-zero weights has no hyperplane: infinite distance.
+        log_rep = jnp.where(jnp.isneginf(log_row_norm)[None], jnp.inf, log_rep)
+        delta_rep = summarize(log_rep, bins)
+    n = z.shape[-1]
+    q = jnp.mean(_norms.norm(zp, axis=-1) ** 2) / n
+    log_jac = jnp.mean(_norms.log10_norm(j.reshape(j.shape[0], -1), axis=-1))
+    saturated = jnp.mean(act.saturated(zp).astype(zp.dtype))
+    retention_first = retention_target = None
+    if first_distances is not None:
+        n_train = config.n_train(zp.shape[0])
+        features = act.fn(zp)
+        retention_first = ridge_r2(features, first_distances, n_train, config.ridge)
+        if target is not None:
+            retention_target = ridge_r2(features, target, n_train, config.ridge)
+    stats = LayerStats(
+        q=q,
+        correlation=_pair_correlation(zp),
+        log10_jacobian_norm=log_jac,
+        saturated=saturated,
+        retention_first=retention_first,
+        retention_target=retention_target,
+        delta_in=summarize(log_in, bins),
+        delta_rep=delta_rep,
+        region=summarize(region, bins),
+    )
+    return stats, region
+
+
+def _stack(first, rest):
+    return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b], axis=0), first, rest)
+
+
+def _check_inputs(d: int, x, probe_x, probe_target, config):
+    problems = []
+    if x.ndim != 2 or x.shape[1] != d:
+        problems.append(f"x: expected shape (B, {d}), got {x.shape}")
+    if probe_x is not None:
+        if probe_x.ndim != 2 or probe_x.shape[1] != d:
+            problems.append(f"probe_x: expected shape (P, {d}), got {probe_x.shape}")
+        else:
+            n_train = config.n_train(probe_x.shape[0])
+            if n_train < 2 or probe_x.shape[0] - n_train < 2:
+                problems.append(
+                    "probe_x: the probe needs at least 2 training and 2 held-out "
+                    f"inputs, got {probe_x.shape[0]} inputs split at {n_train}"
+                )
+        if probe_target is not None and probe_target.shape != probe_x.shape[:1]:
+            problems.append(
+                f"probe_target: expected shape ({probe_x.shape[0]},) to match "
+                f"probe_x, got {probe_target.shape}"
+            )
+    elif probe_target is not None:
+        problems.append("probe_target: given without probe_x")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def layer_statistics(
+    params: MLPParams,
+    x: jax.Array,
+    activation: str | Activation,
+    *,
+    probe_x: jax.Array | None = None,
+    probe_target: jax.Array | None = None,
+    residual: float | jax.Array | None = None,
+    config: StatsConfig = StatsConfig(),
+) -> LayerStats:
+    """Per-layer statistics of one MLP, streamed through depth.
+
+    Args:
+      params: one network's parameters (no member axis).
+      x: ``(B, D)`` inputs whose distances are measured (Jacobians propagated).
+      activation: registered name or :class:`Activation`.
+      probe_x: ``(P, D)`` inputs for ``q``, correlation, saturation and the
+        retention probes (forward only); defaults to ``x`` without probes.
+      probe_target: ``(P,)`` signed distance of each probe input to a surface
+        of known geometry (a sphere, say), for ``retention_target``.
+      residual: residual scale ``alpha`` (traced), or ``None``.
+      config: static settings.
+
+    Returns:
+      :class:`LayerStats` with leading axis ``L``. Memory does not grow with
+      depth beyond these per-layer summaries.
+    """
+    act = get_activation(activation)
+    _check_inputs(params.w_in.shape[-1], x, probe_x, probe_target, config)
+    with_probe = probe_x is not None
+    if not with_probe:
+        probe_x = x
+
+    def one_input(w, b, z, j):
+        return step_with_jacobian(act, w, b, z, j, residual)
+
+    step = jax.vmap(one_input, in_axes=(None, None, 0, 0))
+    log_alpha = 0.0 if residual is None else jnp.log10(residual)
+
+    z1 = _first_layer(params, x)
+    j1 = jnp.broadcast_to(params.w_in, (x.shape[0], *params.w_in.shape))
+    zp1 = _first_layer(params, probe_x)
+    log_norm_in = _norms.log10_norm(params.w_in, axis=-1)
+    first = None
+    if with_probe:
+        row_norm = _norms.norm(params.w_in, axis=-1)
+        first = zp1 / jnp.where(row_norm > 0, row_norm, jnp.ones_like(row_norm))[None]
+    region0 = jnp.full(x.shape[:1], jnp.inf, z1.dtype)
+    stats1, region1 = _layer_summary(
+        act, config, z1, j1, log_norm_in, region0, zp1, first, probe_target
+    )
+
+    def body(carry, layer):
+        z, j, zp, region = carry
+        w, b = layer
+        z, j = step(w, b, z, j)
+        zp = step_values(act, w, b, zp, residual)
+        log_norm = _norms.log10_norm(w, axis=-1) + log_alpha
+        stats, region = _layer_summary(
+            act, config, z, j, log_norm, region, zp, first, probe_target
+        )
+        return (z, j, zp, region), stats
+
+    _, rest = jax.lax.scan(body, (z1, j1, zp1, region1), (params.w, params.b))
+    return _stack(stats1, rest)
+
+
+def measure_function(
+    fn: Callable[[jax.Array], Sequence[jax.Array]],
+    x: jax.Array,
+    activation: str | Activation,
+    *,
+    probe_x: jax.Array | None = None,
+    probe_target: jax.Array | None = None,
+    row_norms: Sequence[jax.Array] | None = None,
+    config: StatsConfig = StatsConfig(),
+) -> LayerStats:
+    """Per-layer statistics of any model given as per-layer preactivations.
+
+    Args:
+      fn: maps one input ``(D,)`` to a sequence of per-layer preactivations
+        ``z^l`` of shapes ``(N_l,)``; a closure over a user's JAX or Flax
+        model. The layers must have equal widths to be stacked.
+      x, probe_x, probe_target, config: as in :func:`layer_statistics`.
+      activation: the activation applied to each ``z^l`` (for saturation and
+        the probe's features ``phi(z^l)``).
+      row_norms: for each layer, ``|dz_i^l / d phi(z^(l-1))|`` per neuron (for
+        a dense layer, the norms of its weight matrix's rows; times ``alpha``
+        for a residual branch); enables ``delta_rep``. The first layer's entry
+        also defines the first-layer signed distances of the probe; without
+        it they use the norms of ``dz^1/dx`` at each probe input.
+
+    Returns:
+      :class:`LayerStats`, equal to :func:`layer_statistics` on an MLP's
+      preactivations and weights.
+    """
+    act = get_activation(activation)
+    _check_inputs(x.shape[-1] if x.ndim == 2 else -1, x, probe_x, probe_target, config)
+    with_probe = probe_x is not None
+    if not with_probe:
+        probe_x = x
+
+    def as_tuple(v):
+        return tuple(fn(v))
+
+    zs = jax.vmap(as_tuple)(x)
+    js = jax.vmap(jax.jacfwd(as_tuple))(x)
+    zps = jax.vmap(as_tuple)(probe_x)
+    if row_norms is not None and len(row_norms) != len(zs):
+        raise ValueError(
+            f"row_norms: expected one entry per layer ({len(zs)}), got {len(row_norms)}"
+        )
+    first = None
+    if with_probe:
+        if row_norms is not None:
+            norm1 = jnp.asarray(row_norms[0])[None, :]
+        else:
+            j1p = jax.vmap(jax.jacfwd(lambda v: as_tuple(v)[0]))(probe_x)
+            norm1 = _norms.norm(j1p, axis=-1)
+        first = zps[0] / jnp.where(norm1 > 0, norm1, jnp.ones_like(norm1))
+    region = jnp.full(x.shape[:1], jnp.inf, zs[0].dtype)
+    per_layer = []
+    for l, (z, j, zp) in enumerate(zip(zs, js, zps, strict=True)):
+        log_norm = None
+        if row_norms is not None:
+            log_norm = _norms.log10_abs(jnp.asarray(row_norms[l]))
+        stats, region = _layer_summary(
+            act, config, z, j, log_norm, region, zp, first, probe_target
+        )
+        per_layer.append(stats)
+    return jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
