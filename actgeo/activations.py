@@ -261,7 +261,7 @@ _BUILTINS = (
     ),
     Activation("gelu", _gelu, _gelu_prime, False, False, (), _SQRT2, 1.1289),
     Activation(
-        "gelu_tanh", _gelu_tanh, _gelu_tanh_prime, False, False, (), _SQRT2, 1.1295
+        "gelu_tanh", _gelu_tanh, _gelu_tanh_prime, False, False, (), _SQRT2, 1.1289931
     ),
     Activation("silu", _silu, _silu_prime, False, False, (), _SQRT2, 1.0998),
     Activation(
@@ -306,6 +306,31 @@ def get_activation(activation: str | Activation) -> Activation:
         raise ValueError(
             f"activation: unknown name {activation!r}; valid names are {valid}"
         ) from None
+
+
+def switched(choices: tuple[str, ...], index: jax.Array) -> Activation:
+    """An activation chosen among ``choices`` by a traced ``index``.
+
+    One compiled program then serves every activation of ``choices``
+    (``lax.switch`` picks the branch at run time), which saves a compilation
+    per activation in sweeps. Only ``fn``, ``derivative`` and ``saturated``
+    are meaningful on the result; its other traits are left at defaults.
+    """
+    entries = [get_activation(name) for name in choices]
+    peaks = jnp.asarray([a.peak_slope for a in entries])
+
+    def fn(z):
+        return jax.lax.switch(index, [a.fn for a in entries], z)
+
+    def derivative(z):
+        return jax.lax.switch(index, [a.derivative for a in entries], z)
+
+    return Activation(
+        name="switched(" + ",".join(choices) + ")",
+        fn=fn,
+        derivative=derivative,
+        peak_slope=peaks[index],
+    )
 
 
 def _autodiff_derivative(fn: ArrayFn) -> ArrayFn:

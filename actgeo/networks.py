@@ -103,14 +103,18 @@ class NetworkSpec:
         if sigma_w is None and act is not None:
             sigma_w = act.customary_sigma_w
         if sigma_w is not None and not _positive_finite(sigma_w):
-            problems.append(f"sigma_w: expected a positive finite number, got {sigma_w!r}")
+            problems.append(
+                f"sigma_w: expected a positive finite number, got {sigma_w!r}"
+            )
         if not _nonnegative_finite(self.sigma_b):
             problems.append(
                 f"sigma_b: expected a non-negative finite number, got {self.sigma_b!r}"
             )
         if self.init not in _INITS:
             problems.append(f"init: expected one of {_INITS}, got {self.init!r}")
-        if self.readout is not None and (not _is_count(self.readout) or self.readout < 1):
+        if self.readout is not None and (
+            not _is_count(self.readout) or self.readout < 1
+        ):
             problems.append(
                 f"readout: expected a positive integer or None, got {self.readout!r}"
             )
@@ -155,39 +159,44 @@ def member_keys(key: jax.Array, members: jax.Array) -> jax.Array:
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(members)
 
 
-def _haar(key, rows, cols, dtype):
+def _haar(gaussian: jax.Array) -> jax.Array:
     # QR of a Gaussian matrix, with R's diagonal signs folded into Q, is Haar
     # distributed (Mezzadri 2007). Rectangular: orthonormal columns if rows >
     # cols, orthonormal rows otherwise.
+    rows, cols = gaussian.shape
     tall = rows >= cols
-    shape = (rows, cols) if tall else (cols, rows)
-    q, r = jnp.linalg.qr(jax.random.normal(key, shape, dtype))
+    q, r = jnp.linalg.qr(gaussian if tall else gaussian.T)
     q = q * jnp.sign(jnp.diagonal(r))[None, :]
     return q if tall else q.T
 
 
-def _draw_weight(key, rows, cols, sigma_w, init, dtype):
+def _scale_weight(gaussian: jax.Array, sigma_w, init: str) -> jax.Array:
+    """A weight matrix from standard normal draws ``(rows, cols)``."""
+    rows, cols = gaussian.shape
     if init == "gaussian":
-        return jax.random.normal(key, (rows, cols), dtype) * (sigma_w / math.sqrt(cols))
+        return gaussian * (sigma_w / math.sqrt(cols))
     # Entries of a Haar matrix with orthonormal columns (rows) have variance
     # 1/rows (1/cols); rescale to sigma_w^2 / fan_in.
-    scale = sigma_w * math.sqrt(max(rows, cols) / cols)
-    return _haar(key, rows, cols, dtype) * scale
+    return _haar(gaussian) * (sigma_w * math.sqrt(max(rows, cols) / cols))
 
 
 def _sample_member(key, sigma_w, sigma_b, *, shape, init, dtype):
+    # One normal draw per member, cut into the parameters in a fixed order:
+    # first layer, hidden layers, readout; weights, then biases.
     d, n, l, k = shape
-    k_in, k_bin, k_hidden, k_bhidden, k_out, k_bout = jax.random.split(key, 6)
-    w_in = _draw_weight(k_in, n, d, sigma_w, init, dtype)
-    b_in = jax.random.normal(k_bin, (n,), dtype) * sigma_b
-    hidden_keys = jax.random.split(k_hidden, l - 1)
-    w = jax.vmap(lambda kk: _draw_weight(kk, n, n, sigma_w, init, dtype))(hidden_keys)
-    w = w.reshape(l - 1, n, n)
-    b = jax.random.normal(k_bhidden, (l - 1, n), dtype) * sigma_b
+    sizes = (n * d, (l - 1) * n * n, k * n, n, (l - 1) * n, k)
+    flat = jax.random.normal(key, (sum(sizes),), dtype)
+    pieces = jnp.split(flat, np.cumsum(sizes)[:-1].tolist())
+    g_in, g_hidden, g_out, g_bin, g_b, g_bout = pieces
+    w_in = _scale_weight(g_in.reshape(n, d), sigma_w, init)
+    hidden = g_hidden.reshape(l - 1, n, n)
+    w = jax.vmap(lambda g: _scale_weight(g, sigma_w, init))(hidden) if l > 1 else hidden
+    b_in = g_bin * sigma_b
+    b = g_b.reshape(l - 1, n) * sigma_b
     w_out = b_out = None
     if k:
-        w_out = _draw_weight(k_out, k, n, sigma_w, init, dtype)
-        b_out = jax.random.normal(k_bout, (k,), dtype) * sigma_b
+        w_out = _scale_weight(g_out.reshape(k, n), sigma_w, init)
+        b_out = g_bout * sigma_b
     return MLPParams(w_in, b_in, w, b, w_out, b_out)
 
 
@@ -230,7 +239,9 @@ def sample(
                 f"got shape {members.shape} and dtype {members.dtype}"
             )
         members = members.astype(jnp.uint32)
-    if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
+    if not (
+        isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    ):
         raise TypeError("key: expected a typed key from jax.random.key(seed)")
     shape = (spec.input_dim, spec.width, spec.depth, spec.readout or 0)
     dtype = jnp.dtype(dtype)

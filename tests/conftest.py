@@ -10,7 +10,9 @@ import pytest
 
 _CACHE = pathlib.Path(__file__).resolve().parent.parent / ".cache" / "jax"
 
-jax.config.update("jax_compilation_cache_dir", os.environ.get("ACTGEO_JAX_CACHE", str(_CACHE)))
+jax.config.update(
+    "jax_compilation_cache_dir", os.environ.get("ACTGEO_JAX_CACHE", str(_CACHE))
+)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 jax.config.update("jax_numpy_rank_promotion", "raise")

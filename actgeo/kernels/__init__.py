@@ -8,7 +8,7 @@ and chunking.
 from actgeo.kernels.distances import Distances, neuron_distances
 from actgeo.kernels.forward import jacobians, preactivations, readout
 from actgeo.kernels.histogram import Bins, LogSummary
-from actgeo.kernels.probe import ridge_r2
+from actgeo.kernels.probe import r2_score, ridge_predictions, ridge_r2
 from actgeo.kernels.statistics import (
     LayerStats,
     StatsConfig,
@@ -27,6 +27,8 @@ __all__ = [
     "measure_function",
     "neuron_distances",
     "preactivations",
+    "r2_score",
     "readout",
+    "ridge_predictions",
     "ridge_r2",
 ]

@@ -14,7 +14,9 @@ import jax.numpy as jnp
 
 def _scaled(v: jax.Array, axis: int):
     """Returns ``(m, s, nonzero)`` with ``|v| = m * s`` and ``s >= 1`` if nonzero."""
-    m = jnp.max(jnp.abs(v), axis=axis, keepdims=True)
+    # |v| = m * |v / m| for any constant m > 0, so m carries no gradient; its
+    # own derivative path (through v / m^2) under- or overflows in float32.
+    m = jax.lax.stop_gradient(jnp.max(jnp.abs(v), axis=axis, keepdims=True))
     nonzero = m > 0
     m_safe = jnp.where(nonzero, m, jnp.ones_like(m))
     # Where v is all zero, use ones so the sqrt's argument is positive and its

@@ -102,6 +102,7 @@ def jacobians(
     _check(params, x)
     z1 = _first_layer(params, x)
     j1 = jnp.broadcast_to(params.w_in, (x.shape[0], *params.w_in.shape))
+
     def one_input(w, b, z, j):
         return step_with_jacobian(act, w, b, z, j, residual)
 

@@ -21,25 +21,24 @@ import jax
 import jax.numpy as jnp
 
 
-def ridge_r2(
+def ridge_predictions(
     features: jax.Array, targets: jax.Array, n_train: int, ridge: float | jax.Array
 ) -> jax.Array:
-    """Held-out R^2 of a ridge probe from ``features`` to ``targets``.
+    """Held-out predictions of a ridge probe, fitted once for every target.
 
     Args:
       features: ``(P, N)`` representation of ``P`` inputs.
-      targets: ``(P, T)`` or ``(P,)`` values to recover.
-      n_train: the first ``n_train`` rows fit the probe; the rest score it.
+      targets: ``(P, T)`` values to recover.
+      n_train: the first ``n_train`` rows fit the probe; the rest are predicted.
       ridge: penalty relative to the features' variance (see module doc).
 
     Returns:
-      A scalar R^2. If the features are constant on the training set, the
-      probe predicts the training mean.
+      ``(P - n_train, T)`` predictions. If the features are constant on the
+      training set, the probe predicts the training mean. The system solved is
+      the smaller of the primal ``N x N`` and the dual ``n_train x n_train``.
     """
-    if targets.ndim == 1:
-        targets = targets[:, None]
     x_tr, x_te = features[:n_train], features[n_train:]
-    y_tr, y_te = targets[:n_train], targets[n_train:]
+    y_tr = targets[:n_train]
     mu = jnp.mean(x_tr, axis=0)
     x_tr = x_tr - mu[None]
     x_te = x_te - mu[None]
@@ -49,14 +48,40 @@ def ridge_r2(
     x_tr = x_tr / rms
     x_te = x_te / rms
     y_mu = jnp.mean(y_tr, axis=0)
-    gram = x_tr @ x_tr.T
+    y_c = y_tr - y_mu[None]
     lam = ridge * n_train
-    system = gram + lam * jnp.eye(n_train, dtype=gram.dtype)
-    factor = jax.scipy.linalg.cho_factor(system, lower=True)
-    dual = jax.scipy.linalg.cho_solve(factor, y_tr - y_mu[None])
-    pred = (x_te @ x_tr.T) @ dual
-    pred = jnp.where(informative, pred, jnp.zeros_like(pred)) + y_mu[None]
-    sse = jnp.sum((y_te - pred) ** 2)
-    sst = jnp.sum((y_te - jnp.mean(y_te, axis=0, keepdims=True)) ** 2)
+    width = features.shape[-1]
+    if width <= n_train:
+        system = x_tr.T @ x_tr + lam * jnp.eye(width, dtype=x_tr.dtype)
+        factor = jax.scipy.linalg.cho_factor(system, lower=True)
+        pred = x_te @ jax.scipy.linalg.cho_solve(factor, x_tr.T @ y_c)
+    else:
+        system = x_tr @ x_tr.T + lam * jnp.eye(n_train, dtype=x_tr.dtype)
+        factor = jax.scipy.linalg.cho_factor(system, lower=True)
+        pred = (x_te @ x_tr.T) @ jax.scipy.linalg.cho_solve(factor, y_c)
+    return jnp.where(informative, pred, jnp.zeros_like(pred)) + y_mu[None]
+
+
+def r2_score(truth: jax.Array, pred: jax.Array) -> jax.Array:
+    """Variance-weighted R^2 of ``pred`` against ``truth`` (both ``(P, T)``).
+
+    0 where the truth has no variance.
+    """
+    sse = jnp.sum((truth - pred) ** 2)
+    sst = jnp.sum((truth - jnp.mean(truth, axis=0, keepdims=True)) ** 2)
     sst_safe = jnp.where(sst > 0, sst, jnp.ones_like(sst))
     return jnp.where(sst > 0, 1.0 - sse / sst_safe, jnp.zeros_like(sst))
+
+
+def ridge_r2(
+    features: jax.Array, targets: jax.Array, n_train: int, ridge: float | jax.Array
+) -> jax.Array:
+    """Held-out R^2 of a ridge probe from ``features (P, N)`` to ``targets``.
+
+    ``targets`` is ``(P, T)`` or ``(P,)``; the first ``n_train`` rows fit the
+    probe and the rest score it (see the module doc for the penalty).
+    """
+    if targets.ndim == 1:
+        targets = targets[:, None]
+    pred = ridge_predictions(features, targets, n_train, ridge)
+    return r2_score(targets[n_train:], pred)

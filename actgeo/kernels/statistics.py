@@ -48,7 +48,7 @@ from actgeo.activations import Activation, get_activation
 from actgeo.kernels import _norms
 from actgeo.kernels.forward import _first_layer, step_values, step_with_jacobian
 from actgeo.kernels.histogram import Bins, LogSummary, summarize
-from actgeo.kernels.probe import ridge_r2
+from actgeo.kernels.probe import r2_score, ridge_predictions
 from actgeo.networks import MLPParams
 
 
@@ -63,8 +63,8 @@ class StatsConfig:
         ones); the rest score it.
     """
 
-    bins: Bins = Bins()
-    ridge: float = 1e-3
+    bins: Bins = dataclasses.field(default_factory=Bins)
+    ridge: float = 0.1
     train_fraction: float = 0.5
 
     def __post_init__(self):
@@ -77,7 +77,7 @@ class StatsConfig:
             )
 
     def n_train(self, n_probe: int) -> int:
-        return int(round(self.train_fraction * n_probe))
+        return round(self.train_fraction * n_probe)
 
 
 class LayerStats(NamedTuple):
@@ -143,11 +143,17 @@ def _layer_summary(
     saturated = jnp.mean(act.saturated(zp).astype(zp.dtype))
     retention_first = retention_target = None
     if first_distances is not None:
+        # One fit serves both targets: they share the features.
         n_train = config.n_train(zp.shape[0])
-        features = act.fn(zp)
-        retention_first = ridge_r2(features, first_distances, n_train, config.ridge)
+        targets = first_distances
         if target is not None:
-            retention_target = ridge_r2(features, target, n_train, config.ridge)
+            targets = jnp.concatenate([first_distances, target[:, None]], axis=1)
+        pred = ridge_predictions(act.fn(zp), targets, n_train, config.ridge)
+        n_first = first_distances.shape[1]
+        truth = targets[n_train:]
+        retention_first = r2_score(truth[:, :n_first], pred[:, :n_first])
+        if target is not None:
+            retention_target = r2_score(truth[:, n_first:], pred[:, n_first:])
     stats = LayerStats(
         q=q,
         correlation=_pair_correlation(zp),
@@ -162,17 +168,16 @@ def _layer_summary(
     return stats, region
 
 
-def _stack(first, rest):
-    return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b], axis=0), first, rest)
-
-
-def _check_inputs(d: int, x, probe_x, probe_target, config):
+def _check_inputs(d: int | None, x, probe_x, probe_target, config):
+    # d is None when the input dimension is unknown (measure_function given a
+    # malformed x); then only the number of axes is checked.
     problems = []
-    if x.ndim != 2 or x.shape[1] != d:
-        problems.append(f"x: expected shape (B, {d}), got {x.shape}")
+    dim = "D" if d is None else d
+    if x.ndim != 2 or (d is not None and x.shape[1] != d):
+        problems.append(f"x: expected shape (B, {dim}), got {x.shape}")
     if probe_x is not None:
-        if probe_x.ndim != 2 or probe_x.shape[1] != d:
-            problems.append(f"probe_x: expected shape (P, {d}), got {probe_x.shape}")
+        if probe_x.ndim != 2 or (d is not None and probe_x.shape[1] != d):
+            problems.append(f"probe_x: expected shape (P, {dim}), got {probe_x.shape}")
         else:
             n_train = config.n_train(probe_x.shape[0])
             if n_train < 2 or probe_x.shape[0] - n_train < 2:
@@ -229,33 +234,40 @@ def layer_statistics(
 
     step = jax.vmap(one_input, in_axes=(None, None, 0, 0))
     log_alpha = 0.0 if residual is None else jnp.log10(residual)
+    log_norms = jnp.concatenate(
+        [
+            _norms.log10_norm(params.w_in, axis=-1)[None],
+            _norms.log10_norm(params.w, axis=-1) + log_alpha,
+        ]
+    )
 
     z1 = _first_layer(params, x)
     j1 = jnp.broadcast_to(params.w_in, (x.shape[0], *params.w_in.shape))
     zp1 = _first_layer(params, probe_x)
-    log_norm_in = _norms.log10_norm(params.w_in, axis=-1)
     first = None
     if with_probe:
         row_norm = _norms.norm(params.w_in, axis=-1)
         first = zp1 / jnp.where(row_norm > 0, row_norm, jnp.ones_like(row_norm))[None]
     region0 = jnp.full(x.shape[:1], jnp.inf, z1.dtype)
-    stats1, region1 = _layer_summary(
-        act, config, z1, j1, log_norm_in, region0, zp1, first, probe_target
-    )
+
+    # Step l summarizes layer l, then moves to layer l + 1: the summary is
+    # traced once. The last step's move uses padding and is discarded.
+    n = params.w_in.shape[0]
+    w_next = jnp.concatenate([params.w, jnp.zeros((1, n, n), params.w.dtype)])
+    b_next = jnp.concatenate([params.b, jnp.zeros((1, n), params.b.dtype)])
 
     def body(carry, layer):
         z, j, zp, region = carry
-        w, b = layer
-        z, j = step(w, b, z, j)
-        zp = step_values(act, w, b, zp, residual)
-        log_norm = _norms.log10_norm(w, axis=-1) + log_alpha
+        log_norm, w, b = layer
         stats, region = _layer_summary(
             act, config, z, j, log_norm, region, zp, first, probe_target
         )
+        z, j = step(w, b, z, j)
+        zp = step_values(act, w, b, zp, residual)
         return (z, j, zp, region), stats
 
-    _, rest = jax.lax.scan(body, (z1, j1, zp1, region1), (params.w, params.b))
-    return _stack(stats1, rest)
+    _, stats = jax.lax.scan(body, (z1, j1, zp1, region0), (log_norms, w_next, b_next))
+    return stats
 
 
 def measure_function(
@@ -288,7 +300,8 @@ def measure_function(
       preactivations and weights.
     """
     act = get_activation(activation)
-    _check_inputs(x.shape[-1] if x.ndim == 2 else -1, x, probe_x, probe_target, config)
+    d = x.shape[-1] if x.ndim == 2 else None
+    _check_inputs(d, x, probe_x, probe_target, config)
     with_probe = probe_x is not None
     if not with_probe:
         probe_x = x

@@ -1,0 +1,366 @@
+"""Sweeps: a grid of (activation, data set) cells -> a resumable zarr store.
+
+For each cell, an ensemble of random MLPs with that activation (at its
+customary initialisation unless ``sigma_w`` is given) is measured on that
+data set with :func:`actgeo.ensemble.run_ensemble`, and the cell's per-layer
+statistics are written into its region of an xarray dataset stored as zarr,
+followed by a done mark. Running the same sweep again skips cells already
+done; a store written with different settings is refused.
+
+Member ``i`` of a cell depends only on ``(seed, cell, i)``: the cell's key is
+``fold_in(key(seed), crc32("activation/dataset"))``, so a cell's networks do
+not change when other cells are added or removed.
+
+Store layout (dimensions): ``activation``, ``dataset``, ``layer`` (1..L),
+``member``, ``quantile`` (levels of log10 distance) and ``bin``. Per-member
+scalars (``q``, ``correlation``, ``log10_jacobian_norm``, ``saturated``,
+``retention_first``, ``retention_target``) have dims ``(activation, dataset,
+member, layer)``; each distance (``delta_in``, ``delta_rep``, ``region``) has
+``{name}_quantiles`` of log10 distance ``(activation, dataset, layer,
+quantile)``, ``{name}_log10_mean``, finite and non-finite counts, and the full
+histogram ``{name}_histogram``. ``retention_target`` is NaN for data sets
+without a known target geometry (digits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import zlib
+from collections.abc import Callable
+from typing import Literal
+
+import jax
+import numpy as np
+import xarray as xr
+
+import actgeo
+from actgeo import data as data_lib
+from actgeo.activations import get_activation
+from actgeo.ensemble import (
+    DISTANCES,
+    SCALARS,
+    EnsembleResult,
+    estimate_member_bytes,
+    plan_chunk,
+    run_ensemble,
+)
+from actgeo.kernels.histogram import Bins
+from actgeo.kernels.statistics import StatsConfig
+from actgeo.networks import NetworkSpec
+
+__all__ = ["QUANTILES", "SweepConfig", "cell_key", "open_results", "run_sweep"]
+
+QUANTILES = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+DEFAULT_ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid", "erf")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """Settings of a sweep; everything that changes its numbers.
+
+    Attributes:
+      activations: registered activation names, one cell row each.
+      datasets: built-in data sets (``digits``, ``sphere``).
+      members: random networks per cell.
+      width: hidden width ``N``.
+      depth: number of layers ``L``; statistics are kept for layers 1..L.
+      inputs: inputs per network whose boundary distances are measured
+        (Jacobians propagated).
+      probe: probe inputs per network (forward only), half fitting and half
+        scoring the retention probes; the distance inputs are the first
+        ``inputs`` of them.
+      sphere_dim: input dimension of the sphere data set.
+      sigma_w: weight scale for every activation, or ``None`` for each
+        activation's customary value.
+      sigma_b: bias standard deviation.
+      init: ``gaussian`` or ``orthogonal``.
+      ridge: retention probe penalty, relative to the features' variance.
+      seed: root seed.
+    """
+
+    activations: tuple[str, ...] = DEFAULT_ACTIVATIONS
+    datasets: tuple[str, ...] = data_lib.DATASETS
+    members: int = 256
+    width: int = 128
+    depth: int = 32
+    inputs: int = 8
+    probe: int = 512
+    sphere_dim: int = 16
+    sigma_w: float | None = None
+    sigma_b: float = 0.0
+    init: Literal["gaussian", "orthogonal"] = "gaussian"
+    ridge: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        problems = []
+        if not self.activations:
+            problems.append("activations: expected at least one name")
+        for name in self.activations:
+            try:
+                get_activation(name)
+            except ValueError as err:
+                problems.append(str(err))
+        if len(set(self.activations)) != len(self.activations):
+            problems.append(f"activations: names repeat in {self.activations}")
+        if not self.datasets:
+            problems.append("datasets: expected at least one name")
+        for name in self.datasets:
+            if name not in data_lib.DATASETS:
+                problems.append(
+                    f"datasets: unknown name {name!r}; valid names are "
+                    f"{', '.join(data_lib.DATASETS)}"
+                )
+        if len(set(self.datasets)) != len(self.datasets):
+            problems.append(f"datasets: names repeat in {self.datasets}")
+        for field in ("members", "width", "depth", "inputs", "sphere_dim"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                problems.append(f"{field}: expected a positive integer, got {value!r}")
+        n_digits = data_lib._digits_arrays()[0].shape[0]
+        if not isinstance(self.probe, int) or self.probe < 4:
+            problems.append(f"probe: expected an integer >= 4, got {self.probe!r}")
+        elif "digits" in self.datasets and self.probe > n_digits:
+            problems.append(
+                f"probe: digits has {n_digits} images, fewer than probe={self.probe}"
+            )
+        elif isinstance(self.inputs, int) and self.inputs > self.probe:
+            problems.append(
+                f"inputs: the distance inputs are taken from the probe inputs, so "
+                f"inputs ({self.inputs}) must not exceed probe ({self.probe})"
+            )
+        if self.sigma_w is not None and not (
+            np.isfinite(self.sigma_w) and self.sigma_w > 0
+        ):
+            problems.append(
+                f"sigma_w: expected a positive finite number, got {self.sigma_w}"
+            )
+        if not (np.isfinite(self.sigma_b) and self.sigma_b >= 0):
+            problems.append(
+                f"sigma_b: expected a non-negative finite number, got {self.sigma_b}"
+            )
+        if self.init not in ("gaussian", "orthogonal"):
+            problems.append(f"init: expected gaussian or orthogonal, got {self.init!r}")
+        if not (np.isfinite(self.ridge) and self.ridge > 0):
+            problems.append(f"ridge: expected a positive number, got {self.ridge}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def spec(self, activation: str, dataset: str) -> NetworkSpec:
+        """The network family of one cell."""
+        dim = 64 if dataset == "digits" else self.sphere_dim
+        return NetworkSpec(
+            input_dim=dim,
+            width=self.width,
+            depth=self.depth,
+            activation=activation,
+            sigma_w=self.sigma_w,
+            sigma_b=self.sigma_b,
+            init=self.init,
+        )
+
+    def stats_config(self) -> StatsConfig:
+        return StatsConfig(bins=Bins(), ridge=self.ridge)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def cell_key(seed: int, activation: str, dataset: str) -> jax.Array:
+    """Key of one cell: depends on the seed and the cell's names only."""
+    tag = zlib.crc32(f"{activation}/{dataset}".encode())
+    return jax.random.fold_in(jax.random.key(seed), tag)
+
+
+def _inputs(config: SweepConfig, dataset: str) -> data_lib.Inputs:
+    return data_lib.load(dataset, config.probe, dim=config.sphere_dim, seed=config.seed)
+
+
+def _template(config: SweepConfig) -> xr.Dataset:
+    a, s = len(config.activations), len(config.datasets)
+    e, l, q = config.members, config.depth, len(QUANTILES)
+    bins = config.stats_config().bins
+    cell = ("activation", "dataset")
+    variables = {}
+    for name in SCALARS:
+        variables[name] = ((*cell, "member", "layer"), np.full((a, s, e, l), np.nan))
+    for name in DISTANCES:
+        variables[f"{name}_quantiles"] = (
+            (*cell, "layer", "quantile"),
+            np.full((a, s, l, q), np.nan),
+        )
+        variables[f"{name}_log10_mean"] = ((*cell, "layer"), np.full((a, s, l), np.nan))
+        for count in ("finite", "n_zero", "n_inf", "n_clipped"):
+            variables[f"{name}_{count}"] = (
+                (*cell, "layer"),
+                np.zeros((a, s, l), np.int64),
+            )
+        variables[f"{name}_histogram"] = (
+            (*cell, "layer", "bin"),
+            np.zeros((a, s, l, bins.count), np.int64),
+        )
+    variables["sigma_w"] = (cell, np.full((a, s), np.nan))
+    variables["done"] = (cell, np.zeros((a, s), bool))
+    centres = bins.edges[:-1] + bins.width / 2
+    coords = {
+        "activation": np.array(config.activations, dtype=object),
+        "dataset": np.array(config.datasets, dtype=object),
+        "member": np.arange(e),
+        "layer": np.arange(1, l + 1),
+        "quantile": list(QUANTILES),
+        "bin": centres,
+    }
+    ds = xr.Dataset(variables, coords=coords)
+    ds.attrs.update(
+        settings=config.to_json(),
+        actgeo_version=actgeo.__version__,
+        jax_version=jax.__version__,
+        devices=", ".join(str(d) for d in jax.devices()),
+        distance_units="log10 of the distance, in the input's units",
+        probe=(
+            "ridge probe from phi(z^l), features centred and divided by their RMS, "
+            f"penalty {config.ridge} x n_train; held-out variance-weighted R^2"
+        ),
+        histogram_range=f"[{bins.lo}, {bins.hi}] log10, {bins.count} bins",
+        retention_target="NaN where the data set has no known target geometry",
+    )
+    return ds
+
+
+def _cell_dataset(
+    config: SweepConfig, result: EnsembleResult, sigma_w: float
+) -> xr.Dataset:
+    cell = ("activation", "dataset")
+    variables = {}
+    for name in SCALARS:
+        values = result.scalars.get(name)
+        if values is None:
+            values = np.full((config.members, config.depth), np.nan)
+        variables[name] = ((*cell, "member", "layer"), values[None, None].astype(float))
+    for name in DISTANCES:
+        summary = result.distances[name]
+        variables[f"{name}_quantiles"] = (
+            (*cell, "layer", "quantile"),
+            result.quantiles(name, QUANTILES)[None, None],
+        )
+        variables[f"{name}_log10_mean"] = (
+            (*cell, "layer"),
+            result.log10_mean(name)[None, None],
+        )
+        counts = np.asarray(summary.counts, np.int64)
+        variables[f"{name}_finite"] = ((*cell, "layer"), counts.sum(-1)[None, None])
+        for count in ("n_zero", "n_inf", "n_clipped"):
+            value = np.asarray(getattr(summary, count), np.int64)
+            variables[f"{name}_{count}"] = ((*cell, "layer"), value[None, None])
+        variables[f"{name}_histogram"] = ((*cell, "layer", "bin"), counts[None, None])
+    variables["sigma_w"] = (cell, np.array([[sigma_w]]))
+    return xr.Dataset(variables)
+
+
+def _open_or_create(config: SweepConfig, store: pathlib.Path, overwrite: bool):
+    if store.exists() and not overwrite:
+        try:
+            existing = xr.open_zarr(store, consolidated=False)
+        except Exception as err:
+            raise ValueError(
+                f"out: {store} exists but is not a readable results store ({err}); "
+                "choose another --out or pass --overwrite"
+            ) from err
+        if existing.attrs.get("settings") != config.to_json():
+            raise ValueError(
+                f"out: {store} holds a sweep with different settings:\n"
+                f"  stored:    {existing.attrs.get('settings')}\n"
+                f"  requested: {config.to_json()}\n"
+                "choose another --out, or pass --overwrite to replace it"
+            )
+        return existing["done"].values.copy()
+    store.parent.mkdir(parents=True, exist_ok=True)
+    _template(config).to_zarr(store, mode="w", consolidated=False)
+    return np.zeros((len(config.activations), len(config.datasets)), bool)
+
+
+def open_results(out: str | pathlib.Path) -> xr.Dataset:
+    """Opens the results store of a sweep written to ``out``."""
+    store = pathlib.Path(out) / "results.zarr"
+    if not store.exists():
+        raise FileNotFoundError(f"out: no results store at {store}; run a sweep first")
+    return xr.open_zarr(store, consolidated=False)
+
+
+def run_sweep(
+    config: SweepConfig,
+    out: str | pathlib.Path,
+    *,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> xr.Dataset:
+    """Runs every cell not yet done and returns the store's dataset.
+
+    Args:
+      config: the sweep's settings.
+      out: folder for ``results.zarr``.
+      chunk_size, memory_budget: see :func:`actgeo.ensemble.run_ensemble`;
+        checked for every cell before any work starts.
+      overwrite: replace an existing store instead of resuming it.
+      progress: show progress bars.
+      log: where to report each finished cell (a callable taking a line).
+
+    Raises:
+      ValueError: a store with different settings exists at ``out``.
+      MemoryError: a cell cannot fit the memory budget.
+    """
+    log = log or (lambda _line: None)
+    store = pathlib.Path(out) / "results.zarr"
+    stats_config = config.stats_config()
+    inputs = {name: _inputs(config, name) for name in config.datasets}
+    # Plan every cell first: a budget that one cell cannot meet fails before
+    # any cell runs.
+    for dataset in inputs:
+        spec = config.spec(config.activations[0], dataset)
+        per_member = estimate_member_bytes(
+            spec, config.inputs, config.probe, stats_config
+        )
+        plan_chunk(
+            per_member,
+            config.members,
+            chunk_size=chunk_size,
+            memory_budget=memory_budget,
+        )
+    done = _open_or_create(config, store, overwrite)
+    cells = [
+        (i, j, activation, dataset)
+        for i, activation in enumerate(config.activations)
+        for j, dataset in enumerate(config.datasets)
+    ]
+    for i, j, activation, dataset in cells:
+        if done[i, j]:
+            log(f"{activation:>10} / {dataset:<7} already done, skipped")
+            continue
+        inp = inputs[dataset]
+        spec = config.spec(activation, dataset)
+        result = run_ensemble(
+            spec,
+            inp.x[: config.inputs],
+            members=config.members,
+            key=cell_key(config.seed, activation, dataset),
+            probe_x=inp.x,
+            probe_target=inp.target,
+            config=stats_config,
+            chunk_size=chunk_size,
+            memory_budget=memory_budget,
+            compile_for=config.activations,
+            progress=f"{activation}/{dataset}" if progress else False,
+        )
+        region = {"activation": slice(i, i + 1), "dataset": slice(j, j + 1)}
+        _cell_dataset(config, result, spec.sigma_w).to_zarr(
+            store, region=region, consolidated=False
+        )
+        mark = xr.Dataset({"done": (("activation", "dataset"), np.array([[True]]))})
+        mark.to_zarr(store, region=region, consolidated=False)
+        log(f"{activation:>10} / {dataset:<7} done (sigma_w = {spec.sigma_w:.4g})")
+    return xr.open_zarr(store, consolidated=False)
