@@ -49,10 +49,13 @@ def plot_sweep(ds: xr.Dataset, path: str | pathlib.Path) -> pathlib.Path:
             "delta_rep",
             "median log10 distance to neuron\nboundary, representation space",
         ),
-        ("retention_first", "retention of layer-1 signed\ndistances (held-out R^2)"),
+        (
+            "retention_first",
+            "layer-1 signed distances: held-out\nR^2 of a ridge probe, median",
+        ),
         (
             "retention_target",
-            "retention of the target's\nsigned distance (held-out R^2)",
+            "target's signed distance: held-out\nR^2 of a ridge probe, median",
         ),
     ]
     fig, axes = plt.subplots(

@@ -42,7 +42,10 @@ def test_sweep_writes_store_figure_and_table(tmp_path, capsys):
         (["--chunk-size", "0"], "chunk-size: expected a positive integer"),
         (["--memory-budget-gib", "-1"], "memory-budget-gib: expected a positive"),
         (["--memory-budget-gib", "0.000001"], "one member needs about"),
-        (["--chunk-size", "10", "--memory-budget-gib", "0.001"], "use chunk_size <= 3"),
+        (
+            ["--chunk-size", "10", "--memory-budget-gib", "0.001"],
+            "use chunk_size <= 1 or raise",
+        ),
     ],
 )
 def test_bad_options_fail_before_work(tmp_path, capsys, flags, message):
