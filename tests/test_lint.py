@@ -10,7 +10,8 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-RUFF = shutil.which("ruff") or str(pathlib.Path(sys.executable).parent / "ruff")
+_BESIDE = pathlib.Path(sys.executable).parent / "ruff"
+RUFF = str(_BESIDE) if _BESIDE.exists() else (shutil.which("ruff") or str(_BESIDE))
 
 
 @pytest.mark.skipif(not pathlib.Path(RUFF).exists(), reason="ruff is not installed")
