@@ -341,6 +341,24 @@ def _autodiff_derivative(fn: ArrayFn) -> ArrayFn:
     return derivative
 
 
+def _check_elementwise(fn: ArrayFn) -> None:
+    probe = jnp.linspace(-3.0, 3.0, 7, dtype=jnp.float32)
+    try:
+        whole = jnp.asarray(fn(probe))
+        parts = jnp.concatenate([jnp.ravel(fn(probe[i : i + 1])) for i in range(7)])
+    except Exception as err:
+        raise ValueError(
+            f"fn: could not evaluate it on a float32 vector: {err}"
+        ) from err
+    if whole.shape != probe.shape or not bool(
+        jnp.allclose(whole, parts, rtol=1e-5, atol=1e-6, equal_nan=True)
+    ):
+        raise ValueError(
+            "fn: expected an elementwise function (same shape out, each entry "
+            "depending only on the same entry in)"
+        )
+
+
 def _measured_peak_slope(derivative: ArrayFn) -> float:
     grid = jnp.linspace(-20.0, 20.0, 40_001, dtype=jnp.float32)
     peak = float(jnp.max(jnp.abs(derivative(grid))))
@@ -402,9 +420,18 @@ def register(
             f"customary_sigma_w: expected a positive finite number, got "
             f"{customary_sigma_w}"
         )
+    _check_elementwise(fn)
     derivative = derivative or _autodiff_derivative(fn)
     if peak_slope is None:
         peak_slope = _measured_peak_slope(derivative)
+    elif not (isinstance(peak_slope, int | float) and math.isfinite(peak_slope)):
+        raise ValueError(
+            f"peak_slope: expected a positive finite number, got {peak_slope}"
+        )
+    if not peak_slope > 0:
+        raise ValueError(
+            f"peak_slope: expected a positive finite number, got {peak_slope}"
+        )
     activation = Activation(
         name,
         fn,

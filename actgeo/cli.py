@@ -9,6 +9,7 @@ summary table. Run ``actgeo sweep --help`` for its options.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
 import sys
@@ -36,23 +37,27 @@ class SweepArgs:
     quick: bool = False
     """Small settings (64 members, width 64, depth 16) that finish in about a minute."""
     activations: tuple[str, ...] | None = None
-    """Activation names (default: relu gelu silu tanh sigmoid erf)."""
+    """Activation names (when omitted: relu gelu silu tanh sigmoid erf)."""
     datasets: tuple[str, ...] | None = None
-    """Data sets: digits, sphere (default: both)."""
+    """Data sets: digits, sphere (when omitted: both)."""
     members: int | None = None
-    """Random networks per activation and data set (default 256)."""
+    """Random networks per activation and data set (when omitted: 256, or 64 with
+    --quick)."""
     width: int | None = None
-    """Hidden width (default 128)."""
+    """Hidden width (when omitted: 128, or 64 with --quick)."""
     depth: int | None = None
-    """Number of layers (default 32)."""
+    """Number of layers (when omitted: 32, or 16 with --quick)."""
     inputs: int | None = None
-    """Inputs per network whose boundary distances are measured (default 8)."""
+    """Inputs per network whose boundary distances are measured (when omitted: 8,
+    or 4 with --quick)."""
     probe: int | None = None
-    """Probe inputs per network for the retention probes (default 512)."""
+    """Probe inputs per network for the retention probes (when omitted: 512, or 256
+    with --quick)."""
     sphere_dim: int = 16
     """Input dimension of the sphere data set."""
     sigma_w: float | None = None
-    """Weight scale for every activation (default: each activation's customary one)."""
+    """Weight scale for every activation (when omitted: each activation's customary
+    one)."""
     sigma_b: float = 0.0
     """Bias standard deviation."""
     init: Literal["gaussian", "orthogonal"] = "gaussian"
@@ -61,10 +66,14 @@ class SweepArgs:
     """Retention probe penalty, relative to the features' variance."""
     seed: int = 0
     """Root seed; member i of a cell depends only on (seed, cell, i)."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """Float precision; float64 shows what float32's rounding floor does."""
     chunk_size: int | None = None
-    """Members per compiled call (default: the most that fit the memory budget)."""
+    """Members per compiled call (when omitted: the most that fit the budget, at
+    most 64 on a CPU)."""
     memory_budget_gib: float | None = None
-    """Memory a chunk may use, in GiB (default: half the device's free memory)."""
+    """Memory a chunk may use, in GiB (when omitted: half an accelerator's free
+    memory, or 2 on a CPU)."""
     overwrite: bool = False
     """Replace an existing store at --out instead of resuming it."""
     progress: bool = True
@@ -90,6 +99,7 @@ class SweepArgs:
             init=self.init,
             ridge=self.ridge,
             seed=self.seed,
+            dtype=self.dtype,
             **values,
         )
 
@@ -110,9 +120,12 @@ def sweep(args: SweepArgs) -> int:
         config = args.config()
         budget = None
         if args.memory_budget_gib is not None:
-            if not args.memory_budget_gib > 0:
+            if not (
+                math.isfinite(args.memory_budget_gib)
+                and args.memory_budget_gib * 2**30 >= 1
+            ):
                 raise ValueError(
-                    f"memory-budget-gib: expected a positive number, got "
+                    f"memory-budget-gib: expected a positive finite number, got "
                     f"{args.memory_budget_gib}"
                 )
             budget = int(args.memory_budget_gib * 2**30)
@@ -125,6 +138,10 @@ def sweep(args: SweepArgs) -> int:
         return 2
 
     _enable_compilation_cache()
+    if config.dtype == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
     from actgeo.figures import plot_sweep, summary_table
     from actgeo.sweep import run_sweep
 
@@ -148,10 +165,19 @@ def sweep(args: SweepArgs) -> int:
     except (ValueError, MemoryError) as err:
         print(f"actgeo sweep: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "\nactgeo sweep: interrupted; finished cells are saved, and the same "
+            "command resumes from there",
+            file=sys.stderr,
+        )
+        return 130
     figure = plot_sweep(ds, args.out / "sweep.png")
     table = summary_table(ds)
     (args.out / "summary.txt").write_text(table + "\n")
     elapsed = time.perf_counter() - started
+    for line in _float_warnings(ds):
+        print(f"warning: {line}", file=sys.stderr)
     print()
     print("median log10 distance to a neuron's boundary (in: input space, rep:")
     print("representation space), median held-out R^2 of the retention probes,")
@@ -163,6 +189,28 @@ def sweep(args: SweepArgs) -> int:
     print(f"table:   {args.out / 'summary.txt'}")
     print(f"elapsed: {elapsed:.1f} s")
     return 0
+
+
+def _float_warnings(ds) -> list[str]:
+    """Cells where NaN distances or non-finite q show the float range was left."""
+    import numpy as np
+
+    lines = []
+    for activation in ds["activation"].values:
+        for dataset in ds["dataset"].values:
+            cell = ds.sel(activation=activation, dataset=dataset)
+            if not bool(cell["done"]):
+                continue
+            nan = int(cell["delta_in_n_nan"].sum())
+            bad_q = ~np.isfinite(cell["q"].values)
+            if nan or bad_q.any():
+                first = int(ds["layer"].values[np.argmax(bad_q.any(axis=0))])
+                lines.append(
+                    f"{activation}/{dataset}: the forward pass left the float range "
+                    f"({nan} NaN distances; q not finite from layer {first}); "
+                    "those layers measure rounding, not geometry"
+                )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -49,6 +50,8 @@ SCALARS = (
 # Distance statistics, pooled over members, inputs and neurons.
 DISTANCES = ("delta_in", "delta_rep", "region")
 _CPU_CHUNK_CAP = 64
+# Member indices are folded into the key as uint32.
+MAX_MEMBERS = 2**32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,13 +72,21 @@ class EnsembleResult:
     distances: dict[str, LogSummary]
     config: StatsConfig
 
+    def _summary(self, name: str) -> LogSummary:
+        if name not in self.distances:
+            raise KeyError(
+                f"name: no pooled distance {name!r}; this result has "
+                f"{', '.join(self.distances)}"
+            )
+        return self.distances[name]
+
     def quantiles(self, name: str, q: Sequence[float]) -> np.ndarray:
         """``(L, Q)`` quantiles of ``log10`` of a pooled distance."""
-        return histogram.quantiles(self.distances[name].counts, self.config.bins, q)
+        return histogram.quantiles(self._summary(name).counts, self.config.bins, q)
 
     def log10_mean(self, name: str) -> np.ndarray:
         """``(L,)`` mean of the finite ``log10`` values of a pooled distance."""
-        return histogram.mean(self.distances[name])
+        return histogram.mean(self._summary(name))
 
 
 def default_memory_budget(device: jax.Device | None = None) -> int:
@@ -125,7 +136,13 @@ def _reduce(stats: LayerStats, mask: jax.Array):
             return None
         ints = jax.tree.map(
             lambda a: jnp.sum(a * mask.reshape((-1,) + (1,) * (a.ndim - 1)), axis=0),
-            (summary.counts, summary.n_zero, summary.n_inf, summary.n_clipped),
+            (
+                summary.counts,
+                summary.n_zero,
+                summary.n_inf,
+                summary.n_nan,
+                summary.n_clipped,
+            ),
         )
         return ints
 
@@ -209,10 +226,14 @@ def _chunk(
     return flat[0], pooled, flat[1]
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
 def _as_members(members) -> np.ndarray:
-    if isinstance(members, int | np.integer) and not isinstance(members, bool):
-        if members < 1:
-            raise ValueError(f"members: expected a positive count, got {members}")
+    if _is_count(members):
+        if not 1 <= members <= MAX_MEMBERS:
+            raise ValueError(f"members: expected a count in 1..2**32, got {members}")
         return np.arange(members, dtype=np.int64)
     arr = np.asarray(members)
     if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
@@ -220,8 +241,8 @@ def _as_members(members) -> np.ndarray:
             "members: expected a positive count or a non-empty 1-D array of member "
             f"indices, got {arr!r:.80}"
         )
-    if np.any(arr < 0) or np.unique(arr).size != arr.size:
-        raise ValueError("members: indices must be distinct and non-negative")
+    if np.any(arr < 0) or np.any(arr >= MAX_MEMBERS) or np.unique(arr).size != arr.size:
+        raise ValueError("members: indices must be distinct and lie in 0..2**32 - 1")
     return arr.astype(np.int64)
 
 
@@ -248,9 +269,18 @@ def plan_chunk(
       MemoryError: even one member, or the requested chunk, exceeds the budget;
         the message gives the estimate and a chunk size that fits.
     """
-    budget = default_memory_budget() if memory_budget is None else int(memory_budget)
-    if budget <= 0:
-        raise ValueError(f"memory_budget: expected a positive byte count, got {budget}")
+    if memory_budget is None:
+        budget = default_memory_budget()
+    elif not (
+        isinstance(memory_budget, int | float | np.integer | np.floating)
+        and math.isfinite(memory_budget)
+        and memory_budget >= 1
+    ):
+        raise ValueError(
+            f"memory_budget: expected a finite byte count >= 1, got {memory_budget!r}"
+        )
+    else:
+        budget = int(memory_budget)
     fits = budget // per_member
     if fits < 1:
         raise MemoryError(
@@ -259,7 +289,7 @@ def plan_chunk(
             "smaller width"
         )
     if chunk_size is not None:
-        if chunk_size < 1:
+        if not _is_count(chunk_size) or chunk_size < 1:
             raise ValueError(
                 f"chunk_size: expected a positive integer, got {chunk_size}"
             )
@@ -324,6 +354,17 @@ def run_ensemble(
       MemoryError: the run cannot fit the budget (before any work).
     """
     member_ids = _as_members(members)
+    if not (
+        isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    ):
+        raise TypeError("key: expected a typed key from jax.random.key(seed)")
+    if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+        raise ValueError(f"dtype: expected a floating dtype, got {jnp.dtype(dtype)}")
+    if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "dtype: float64 needs 64-bit JAX; enable it first with "
+            "jax.config.update('jax_enable_x64', True)"
+        )
     d = spec.input_dim
     problems = _check_array("x", x, f"(B, {d})", d, 2)
     if probe_x is not None:
@@ -431,13 +472,14 @@ def run_ensemble(
     for name, value in pooled.items():
         if value is None:
             continue
-        counts, n_zero, n_inf, n_clipped = value
+        counts, n_zero, n_inf, n_nan, n_clipped = value
         log_sum = np.concatenate(log_sum_parts[name]).astype(np.float64)[order]
         distances[name] = LogSummary(
             counts=counts,
             log_sum=_ordered_sum(log_sum),
             n_zero=n_zero,
             n_inf=n_inf,
+            n_nan=n_nan,
             n_clipped=n_clipped,
         )
     return EnsembleResult(member_ids, scalars_out, distances, config)

@@ -65,7 +65,9 @@ def plot_sweep(ds: xr.Dataset, path: str | pathlib.Path) -> pathlib.Path:
         squeeze=False,
         constrained_layout=True,
     )
-    colours = plt.get_cmap("tab10")
+    from matplotlib.ticker import MaxNLocator
+
+    colours = plt.get_cmap("tab10" if len(activations) <= 10 else "tab20")
     layer = ds["layer"].values
     for r, dataset in enumerate(datasets):
         for c, (name, title) in enumerate(columns):
@@ -73,13 +75,15 @@ def plot_sweep(ds: xr.Dataset, path: str | pathlib.Path) -> pathlib.Path:
             for a, activation in enumerate(activations):
                 if not done[a, r]:
                     continue
-                colour = colours(a % 10)
+                colour = colours(a % colours.N)
+                marker = "o" if len(layer) <= 4 else None
                 cell = dict(activation=activation, dataset=dataset)
                 if name.startswith("delta"):
                     ax.plot(
                         layer,
                         _median(ds, name).sel(cell),
                         color=colour,
+                        marker=marker,
                         label=activation,
                     )
                     lo, hi = _band(ds, name)
@@ -96,7 +100,7 @@ def plot_sweep(ds: xr.Dataset, path: str | pathlib.Path) -> pathlib.Path:
                     if np.all(np.isnan(values)):
                         continue
                     lo, mid, hi = np.nanpercentile(values, [25, 50, 75], axis=0)
-                    ax.plot(layer, mid, color=colour, label=activation)
+                    ax.plot(layer, mid, color=colour, marker=marker, label=activation)
                     ax.fill_between(layer, lo, hi, color=colour, alpha=0.15, lw=0)
                     ax.set_ylim(-0.5, 1.02)
             if name == "retention_target" and not ax.lines:
@@ -111,6 +115,7 @@ def plot_sweep(ds: xr.Dataset, path: str | pathlib.Path) -> pathlib.Path:
                 )
             ax.set_title(f"{dataset}: {title}", fontsize=9)
             ax.set_xlabel("layer")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 import zlib
 from collections.abc import Callable
 from typing import Literal
@@ -53,6 +54,7 @@ from actgeo.networks import NetworkSpec
 __all__ = ["QUANTILES", "SweepConfig", "cell_key", "open_results", "run_sweep"]
 
 QUANTILES = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+_MAX_TEMPLATE_BYTES = 4 << 30
 DEFAULT_ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid", "erf")
 
 
@@ -77,7 +79,9 @@ class SweepConfig:
       sigma_b: bias standard deviation.
       init: ``gaussian`` or ``orthogonal``.
       ridge: retention probe penalty, relative to the features' variance.
-      seed: root seed.
+      seed: root seed, in ``0..2**32 - 1``.
+      dtype: ``float32``, or ``float64`` (needs ``jax_enable_x64``) to check
+        what float32's floor does to a result.
     """
 
     activations: tuple[str, ...] = DEFAULT_ACTIVATIONS
@@ -93,6 +97,7 @@ class SweepConfig:
     init: Literal["gaussian", "orthogonal"] = "gaussian"
     ridge: float = 0.1
     seed: int = 0
+    dtype: Literal["float32", "float64"] = "float32"
 
     def __post_init__(self):
         problems = []
@@ -145,6 +150,12 @@ class SweepConfig:
             problems.append(f"init: expected gaussian or orthogonal, got {self.init!r}")
         if not (np.isfinite(self.ridge) and self.ridge > 0):
             problems.append(f"ridge: expected a positive number, got {self.ridge}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            problems.append(
+                f"seed: expected an integer in 0..2**32 - 1, got {self.seed!r}"
+            )
+        if self.dtype not in ("float32", "float64"):
+            problems.append(f"dtype: expected float32 or float64, got {self.dtype!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -192,7 +203,7 @@ def _template(config: SweepConfig) -> xr.Dataset:
             np.full((a, s, l, q), np.nan),
         )
         variables[f"{name}_log10_mean"] = ((*cell, "layer"), np.full((a, s, l), np.nan))
-        for count in ("finite", "n_zero", "n_inf", "n_clipped"):
+        for count in ("finite", "n_zero", "n_inf", "n_nan", "n_clipped"):
             variables[f"{name}_{count}"] = (
                 (*cell, "layer"),
                 np.zeros((a, s, l), np.int64),
@@ -213,12 +224,17 @@ def _template(config: SweepConfig) -> xr.Dataset:
         "bin": centres,
     }
     ds = xr.Dataset(variables, coords=coords)
+    for name, text in _descriptions().items():
+        ds[name].attrs["description"] = text
     ds.attrs.update(
         settings=config.to_json(),
         actgeo_version=actgeo.__version__,
         jax_version=jax.__version__,
         devices=", ".join(str(d) for d in jax.devices()),
-        distance_units="log10 of the distance, in the input's units",
+        distance_units=(
+            "log10 of the distance; delta_in and region in the input's units, "
+            "delta_rep in the units of the layer's input phi(z^(l-1))"
+        ),
         probe=(
             "ridge probe from phi(z^l), features centred and divided by their RMS, "
             f"penalty {config.ridge} x n_train; held-out variance-weighted R^2"
@@ -227,6 +243,40 @@ def _template(config: SweepConfig) -> xr.Dataset:
         retention_target="NaN where the data set has no known target geometry",
     )
     return ds
+
+
+def _descriptions() -> dict[str, str]:
+    text = {
+        "q": "|z^l|^2 / N averaged over the probe inputs, per member",
+        "correlation": "cosine of z^l between input pairs (0,1), (2,3), ..., mean",
+        "log10_jacobian_norm": "log10 of the Frobenius norm of dz^l/dx, mean",
+        "saturated": "fraction of units with slope under 1% of the peak slope",
+        "retention_first": "held-out R^2 of a ridge probe from phi(z^l) to the "
+        "first layer's signed distances z^1_i / |W^1_i|",
+        "retention_target": "held-out R^2 of a ridge probe from phi(z^l) to the "
+        "known signed distance (NaN: the data set has none)",
+        "sigma_w": "weight standard deviation scale used for the cell",
+        "done": "the cell has been written completely",
+        "quantile": "quantile levels of the log10 distance distributions",
+        "bin": "centres of the log10 histogram bins",
+    }
+    spaces = {
+        "delta_in": "distance from x to each neuron's boundary in input space, "
+        "|z_i| / |J_i|",
+        "delta_rep": "distance from phi(z^(l-1)) to each neuron's hyperplane, "
+        "|z_i| / |W_i|",
+        "region": "distance from x to the boundary of its linear region",
+    }
+    for name, what in spaces.items():
+        text[f"{name}_quantiles"] = f"quantiles of log10 {what}"
+        text[f"{name}_log10_mean"] = f"mean of the finite log10 {what}"
+        text[f"{name}_finite"] = f"number of finite values of {what}"
+        text[f"{name}_n_zero"] = "number of zero distances (on the boundary)"
+        text[f"{name}_n_inf"] = "number of infinite distances (zero gradient)"
+        text[f"{name}_n_nan"] = "number of NaN distances (overflow in the forward pass)"
+        text[f"{name}_n_clipped"] = "finite values beyond the histogram range"
+        text[f"{name}_histogram"] = f"histogram of log10 {what}"
+    return text
 
 
 def _cell_dataset(
@@ -251,12 +301,24 @@ def _cell_dataset(
         )
         counts = np.asarray(summary.counts, np.int64)
         variables[f"{name}_finite"] = ((*cell, "layer"), counts.sum(-1)[None, None])
-        for count in ("n_zero", "n_inf", "n_clipped"):
+        for count in ("n_zero", "n_inf", "n_nan", "n_clipped"):
             value = np.asarray(getattr(summary, count), np.int64)
             variables[f"{name}_{count}"] = ((*cell, "layer"), value[None, None])
         variables[f"{name}_histogram"] = ((*cell, "layer", "bin"), counts[None, None])
     variables["sigma_w"] = (cell, np.array([[sigma_w]]))
     return xr.Dataset(variables)
+
+
+def _settings_difference(stored: str | None, requested: str) -> str:
+    try:
+        old = json.loads(stored or "")
+    except ValueError:
+        return "the store has no readable settings"
+    new = json.loads(requested)
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "; ".join(
+        f"{k}: stored {old.get(k)!r}, requested {new.get(k)!r}" for k in keys
+    )
 
 
 def _open_or_create(config: SweepConfig, store: pathlib.Path, overwrite: bool):
@@ -269,15 +331,29 @@ def _open_or_create(config: SweepConfig, store: pathlib.Path, overwrite: bool):
                 "choose another --out or pass --overwrite"
             ) from err
         if existing.attrs.get("settings") != config.to_json():
+            difference = _settings_difference(
+                existing.attrs.get("settings"), config.to_json()
+            )
             raise ValueError(
-                f"out: {store} holds a sweep with different settings:\n"
-                f"  stored:    {existing.attrs.get('settings')}\n"
-                f"  requested: {config.to_json()}\n"
+                f"out: {store} holds a sweep with different settings ({difference}); "
                 "choose another --out, or pass --overwrite to replace it"
             )
+        if "done" not in existing:
+            raise ValueError(
+                f"out: {store} is not a complete results store (no done marks); "
+                "choose another --out or pass --overwrite"
+            )
         return existing["done"].values.copy()
-    store.parent.mkdir(parents=True, exist_ok=True)
-    _template(config).to_zarr(store, mode="w", consolidated=False)
+    # Write the empty store beside its final place and move it in at once, so
+    # that a run killed meanwhile leaves no half-made store behind.
+    partial = store.with_name(store.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    _template(config).to_zarr(partial, mode="w", consolidated=False)
+    if store.is_dir():
+        shutil.rmtree(store)
+    elif store.exists():
+        store.unlink()
+    partial.rename(store)
     return np.zeros((len(config.activations), len(config.datasets)), bool)
 
 
@@ -315,7 +391,32 @@ def run_sweep(
       MemoryError: a cell cannot fit the memory budget.
     """
     log = log or (lambda _line: None)
-    store = pathlib.Path(out) / "results.zarr"
+    out = pathlib.Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} exists and is not a folder")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"out: {parent} is a file, so {out} cannot be a folder")
+    store = out / "results.zarr"
+    dtype = np.dtype(config.dtype)
+    if dtype == np.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "dtype: float64 needs 64-bit JAX; call "
+            "jax.config.update('jax_enable_x64', True) first (the CLI does)"
+        )
+    per_member_bytes = 8 * config.depth * len(SCALARS)
+    template_bytes = (
+        len(config.activations)
+        * len(config.datasets)
+        * config.members
+        * per_member_bytes
+    )
+    if template_bytes > _MAX_TEMPLATE_BYTES:
+        raise ValueError(
+            f"members: per-member results of {config.members} members need "
+            f"{template_bytes / 2**30:.3g} GiB of host memory, above "
+            f"{_MAX_TEMPLATE_BYTES / 2**30:.3g} GiB; use fewer members per sweep"
+        )
     stats_config = config.stats_config()
     inputs = {name: _inputs(config, name) for name in config.datasets}
     # Plan every cell first: a budget that one cell cannot meet fails before
@@ -323,7 +424,7 @@ def run_sweep(
     for dataset in inputs:
         spec = config.spec(config.activations[0], dataset)
         per_member = estimate_member_bytes(
-            spec, config.inputs, config.probe, stats_config
+            spec, config.inputs, config.probe, stats_config, dtype
         )
         plan_chunk(
             per_member,
@@ -354,6 +455,7 @@ def run_sweep(
             chunk_size=chunk_size,
             memory_budget=memory_budget,
             compile_for=config.activations,
+            dtype=dtype,
             progress=f"{activation}/{dataset}" if progress else False,
         )
         region = {"activation": slice(i, i + 1), "dataset": slice(j, j + 1)}

@@ -337,9 +337,20 @@ def test_piecewise_linear_with_kinks_needs_a_derivative(registered):
         ({"kinks": (0.0, 0.0)}, "kinks"),
         ({"customary_sigma_w": 0.0}, "customary_sigma_w"),
         ({"customary_sigma_w": math.inf}, "customary_sigma_w"),
+        ({"peak_slope": 0.0}, "peak_slope"),
+        ({"peak_slope": -1.0}, "peak_slope"),
+        ({"peak_slope": math.nan}, "peak_slope"),
     ],
 )
 def test_register_rejects_inconsistent_traits(traits, field):
     with pytest.raises(ValueError, match=field):
         activations.register("test_bad", _softsign, **traits)
     assert "test_bad" not in activations.names()
+
+
+def test_register_refuses_functions_that_are_not_elementwise():
+    with pytest.raises(ValueError, match="fn: expected an elementwise function"):
+        activations.register("test_softmax", jax.nn.softmax)
+    with pytest.raises(ValueError, match="fn: expected an elementwise function"):
+        activations.register("test_sum", lambda z: jnp.sum(z) + 0 * z)
+    assert "test_softmax" not in activations.names()

@@ -41,6 +41,9 @@ def test_sweep_writes_store_figure_and_table(tmp_path, capsys):
         (["--depth", "0"], "depth: expected a positive integer"),
         (["--chunk-size", "0"], "chunk-size: expected a positive integer"),
         (["--memory-budget-gib", "-1"], "memory-budget-gib: expected a positive"),
+        (["--memory-budget-gib", "inf"], "memory-budget-gib: expected a positive"),
+        (["--seed", "-1"], "seed: expected an integer in 0..2**32 - 1"),
+        (["--seed", str(2**63)], "seed: expected an integer in 0..2**32 - 1"),
         (["--memory-budget-gib", "0.000001"], "one member needs about"),
         (
             ["--chunk-size", "10", "--memory-budget-gib", "0.001"],
@@ -64,3 +67,14 @@ def test_changed_settings_refuse_to_resume(tmp_path, capsys):
     flags = [*TINY, "--datasets", "sphere", "--seed", "1"]
     assert cli.main(["sweep", "--out", str(out), *flags]) == 2
     assert "different settings" in capsys.readouterr().err
+
+
+def test_interrupt_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    from actgeo import sweep
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    assert cli.main(["sweep", "--out", str(tmp_path / "run"), *TINY]) == 130
+    assert "the same command resumes" in capsys.readouterr().err

@@ -138,8 +138,14 @@ def test_budget_below_one_member_fails_before_work(monkeypatch):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(members=0), "members: expected a positive count"),
+        (dict(members=0), r"members: expected a count in 1\.\.2\*\*32"),
         (dict(members=np.array([1, 1])), "members: indices must be distinct"),
+        (dict(members=np.array([0, 2**32])), r"lie in 0\.\.2\*\*32 - 1"),
+        (dict(memory_budget=float("inf")), "memory_budget: expected a finite"),
+        (dict(memory_budget=float("nan")), "memory_budget: expected a finite"),
+        (dict(chunk_size=2.5), "chunk_size: expected a positive integer"),
+        (dict(dtype=np.int32), "dtype: expected a floating dtype"),
+        (dict(dtype=np.float64), "dtype: float64 needs 64-bit JAX"),
         (dict(probe_target=np.zeros(3)), "probe_target: expected shape"),
         (dict(probe_x=np.full((8, 4), np.nan)), "probe_x: contains non-finite"),
         (dict(chunk_size=0), "chunk_size: expected a positive integer"),
@@ -157,3 +163,10 @@ def test_bad_inputs_are_named():
         run_ensemble(SPEC, np.zeros((3, 5)), members=2, key=jax.random.key(0))
     with pytest.raises(ValueError, match="x: contains non-finite"):
         run_ensemble(SPEC, np.full((3, 4), np.inf), members=2, key=jax.random.key(0))
+
+
+def test_key_and_result_names_are_checked(reference):
+    with pytest.raises(TypeError, match="key: expected a typed key"):
+        _run(key=0)
+    with pytest.raises(KeyError, match=r"no pooled distance 'delta'.*delta_in"):
+        reference.quantiles("delta", [0.5])

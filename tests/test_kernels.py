@@ -126,7 +126,7 @@ def test_readout():
 )
 @pytest.mark.parametrize("shape", [(B, D + 1), (D,), (1, B, D)])
 def test_kernels_reject_bad_inputs(kernel, shape):
-    with pytest.raises(ValueError, match=r"x: expected shape \(B, D\) with D = 3"):
+    with pytest.raises(ValueError, match=r"x: expected shape \(B, D\) .*D = 3"):
         kernel(_mlp(PARAMS, jnp.float32), jnp.zeros(shape), "relu")
 
 
@@ -318,3 +318,29 @@ def test_depth_is_scanned_not_unrolled():
         return len(jaxpr.jaxpr.eqns)
 
     assert program_size(2) == program_size(17)
+
+
+def test_bad_parameters_and_non_finite_inputs():
+    params = _mlp(PARAMS, jnp.float32)
+    ensemble = jax.tree.map(lambda a: jnp.stack([a, a]), params)
+    x = jnp.asarray(X, jnp.float32)
+    for kernel in (kernels.layer_statistics, kernels.neuron_distances):
+        with pytest.raises(ValueError, match="leading member axis"):
+            kernel(ensemble, x, "tanh")
+        with pytest.raises(ValueError, match="x: contains NaN or inf"):
+            kernel(params, x.at[0, 0].set(jnp.nan), "tanh")
+        with pytest.raises(ValueError, match=r"x: expected shape \(B, .*B >= 1"):
+            kernel(params, x[:0], "tanh")
+
+
+def test_nan_propagates_under_jit_and_is_counted():
+    params = _mlp(PARAMS, jnp.float32)
+    x = jnp.asarray(X, jnp.float32).at[0, 0].set(jnp.nan)
+    stats = jax.jit(lambda v: kernels.layer_statistics(params, v, "tanh"))(x)
+    assert np.all(np.isnan(stats.q))
+    np.testing.assert_array_equal(stats.delta_in.n_nan, N)
+    np.testing.assert_array_equal(stats.region.n_nan, 1)
+    np.testing.assert_array_equal(stats.delta_in.counts.sum(-1), (B - 1) * N)
+    dist = jax.jit(lambda v: kernels.neuron_distances(params, v, "tanh"))(x)
+    assert np.all(np.isnan(dist.region[:, 0]))
+    assert np.all(np.isfinite(dist.region[:, 1:]))

@@ -306,7 +306,7 @@ SHAPE_ERRORS = [
     # (change to the arguments, message of layer_statistics, of measure_function)
     (
         {"x": np.zeros((B, D + 1))},
-        r"^x: expected shape \(B, 3\), got \(5, 4\)$",
+        r"^x: expected shape \(B, 3\) with B >= 1, got \(5, 4\)$",
         # measure_function takes D from x, so probe_x is the odd one out.
         r"^probe_x: expected shape \(P, 4\), got \(32, 3\)$",
     ),

@@ -125,6 +125,9 @@ def test_figure_and_table(swept, tmp_path):
         (dict(sigma_w=float("nan")), "sigma_w: expected a positive finite"),
         (dict(sigma_b=-1.0), "sigma_b: expected a non-negative"),
         (dict(ridge=0.0), "ridge: expected a positive"),
+        (dict(seed=-1), r"seed: expected an integer in 0\.\.2\*\*32 - 1"),
+        (dict(seed=2**64), r"seed: expected an integer in 0\.\.2\*\*32 - 1"),
+        (dict(dtype="float16"), "dtype: expected float32 or float64"),
     ],
 )
 def test_bad_settings_are_named(change, message):
@@ -135,3 +138,46 @@ def test_bad_settings_are_named(change, message):
 def test_several_bad_settings_in_one_message():
     with pytest.raises(ValueError, match=r"members.*width"):
         SweepConfig(**{**TINY, "members": 0, "width": 0})
+
+
+def test_out_that_is_a_file_is_refused_before_work(tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("")
+    with pytest.raises(ValueError, match="is not a folder"):
+        run_sweep(SweepConfig(**TINY), path)
+    with pytest.raises(ValueError, match="is a file"):
+        run_sweep(SweepConfig(**TINY), path / "sub")
+
+
+def test_store_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    from actgeo import sweep
+
+    # A run killed while the empty store is written leaves only the partial
+    # copy, which the next run replaces.
+    stale = tmp_path / "results.zarr.partial"
+    stale.mkdir()
+    (stale / "junk").write_text("")
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_ensemble", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(SweepConfig(**TINY), tmp_path)
+    assert not stale.exists()
+    ds = xr.open_zarr(tmp_path / "results.zarr", consolidated=False)
+    assert not ds["done"].values.any()
+
+
+def test_refusal_names_the_changed_setting(swept):
+    out, _, _ = swept
+    with pytest.raises(ValueError, match=r"seed: stored 0, requested 5"):
+        run_sweep(SweepConfig(**{**TINY, "seed": 5}), out)
+
+
+def test_float64_needs_x64_and_memory_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="dtype: float64 needs 64-bit JAX"):
+        run_sweep(SweepConfig(**{**TINY, "dtype": "float64"}), tmp_path)
+    with pytest.raises(ValueError, match="members: per-member results of"):
+        run_sweep(SweepConfig(**{**TINY, "members": 10**9}), tmp_path)
+    assert not (tmp_path / "results.zarr").exists()

@@ -1,7 +1,8 @@
 """Euclidean norms and distance ratios that neither underflow, overflow nor NaN.
 
 A norm is computed as ``m * sqrt(sum((v / m)^2))`` with ``m = max |v_i|``, so
-entries of ``1e-20`` or ``1e20`` in float32 give the right answer. A zero
+entries of ``1e-20`` or ``1e20`` in float32 give the right answer. NaN in
+gives NaN out, so that a broken input is never reported as a geometry. A zero
 vector has norm 0 and a zero subgradient. A ratio ``|a| / |v|`` with ``v = 0``
 is ``+inf`` (no boundary within reach), never NaN.
 """
@@ -17,7 +18,8 @@ def _scaled(v: jax.Array, axis: int):
     # |v| = m * |v / m| for any constant m > 0, so m carries no gradient; its
     # own derivative path (through v / m^2) under- or overflows in float32.
     m = jax.lax.stop_gradient(jnp.max(jnp.abs(v), axis=axis, keepdims=True))
-    nonzero = m > 0
+    # A NaN entry makes m NaN, which is not "zero": NaN then propagates.
+    nonzero = jnp.logical_not(m == 0)
     m_safe = jnp.where(nonzero, m, jnp.ones_like(m))
     # Where v is all zero, use ones so the sqrt's argument is positive and its
     # gradient finite; the result is masked out below.
@@ -52,7 +54,7 @@ def log10_ratio(a: jax.Array, v: jax.Array, axis: int = -1) -> jax.Array:
 def log10_abs(a: jax.Array) -> jax.Array:
     """``log10 |a|`` with ``-inf`` at zero and a finite gradient everywhere."""
     abs_a = jnp.abs(a)
-    positive = abs_a > 0
+    positive = abs_a != 0
     value = jnp.log10(jnp.where(positive, abs_a, jnp.ones_like(abs_a)))
     return jnp.where(positive, value, jnp.full_like(value, -jnp.inf))
 

@@ -47,16 +47,16 @@ class Distances(NamedTuple):
 def _layer(z, j, row_norm, region, direction):
     # z (B, N), j (B, N, D), row_norm (N,), region (B,), direction (B, D)
     d_in = _norms.ratio(z, j, axis=-1)
-    safe_norm = jnp.where(row_norm > 0, row_norm, jnp.ones_like(row_norm))
-    d_rep = jnp.where((row_norm > 0)[None], jnp.abs(z) / safe_norm[None], jnp.inf)
+    safe_norm = jnp.where(row_norm != 0, row_norm, jnp.ones_like(row_norm))
+    d_rep = jnp.where((row_norm != 0)[None], jnp.abs(z) / safe_norm[None], jnp.inf)
     nearest = jnp.argmin(d_in, axis=-1)
     d_min = jnp.take_along_axis(d_in, nearest[:, None], axis=-1)[:, 0]
     j_min = jnp.take_along_axis(j, nearest[:, None, None], axis=1)[:, 0]
     z_min = jnp.take_along_axis(z, nearest[:, None], axis=-1)[:, 0]
     j_len = _norms.norm(j_min, axis=-1)
-    unit = j_min / jnp.where(j_len > 0, j_len, jnp.ones_like(j_len))[:, None]
+    unit = j_min / jnp.where(j_len != 0, j_len, jnp.ones_like(j_len))[:, None]
     toward = -jnp.sign(z_min)[:, None] * unit
-    closer = d_min < region
+    closer = (d_min < region) | jnp.isnan(d_min)
     region = jnp.where(closer, d_min, region)
     direction = jnp.where(closer[:, None], toward, direction)
     return d_in, d_rep, region, direction
@@ -78,6 +78,7 @@ def neuron_distances(
       residual: residual scale ``alpha`` (traced), or ``None``.
     """
     act = get_activation(activation)
+    x = jnp.asarray(x)
     _check(params, x)
 
     def one_input(w, b, z, j):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from actgeo.activations import Activation, get_activation
 from actgeo.networks import MLPParams
@@ -56,12 +57,50 @@ def step_with_jacobian(act: Activation, w, b, z_prev, j_prev, residual):
     return z, j
 
 
-def _check(params: MLPParams, x: jax.Array):
-    if x.ndim != 2 or x.shape[1] != params.w_in.shape[-1]:
-        raise ValueError(
-            f"x: expected shape (B, D) with D = {params.w_in.shape[-1]} "
-            f"(the first layer's fan-in), got {x.shape}"
+def finite_problems(**arrays) -> list[str]:
+    """Names of the concrete arrays that hold NaN or inf (tracers are skipped).
+
+    Under ``jit`` values are not known, and NaN propagates to the outputs
+    instead; called eagerly, a kernel refuses them up front.
+    """
+    problems = []
+    for name, value in arrays.items():
+        if value is None or isinstance(value, jax.core.Tracer):
+            continue
+        if not np.all(np.isfinite(np.asarray(value))):
+            problems.append(f"{name}: contains NaN or inf")
+    return problems
+
+
+def check_params(params: MLPParams) -> list[str]:
+    """Problems with the parameters of one network (no member axis)."""
+    problems = []
+    w_in, w = jnp.shape(params.w_in), jnp.shape(params.w)
+    if len(w_in) != 2:
+        problems.append(
+            f"params: expected one network's parameters, with w_in of shape (N, D); "
+            f"got w_in of shape {w_in} (an ensemble from actgeo.sample has a "
+            "leading member axis: index one member or vmap the kernel)"
         )
+    elif len(w) != 3 or w[1:] != (w_in[0], w_in[0]):
+        problems.append(
+            f"params: expected w of shape (L-1, {w_in[0]}, {w_in[0]}), got {w}"
+        )
+    return problems
+
+
+def _check(params: MLPParams, x: jax.Array):
+    problems = check_params(params)
+    if not problems:
+        d = params.w_in.shape[-1]
+        if jnp.ndim(x) != 2 or jnp.shape(x)[1] != d or jnp.shape(x)[0] == 0:
+            problems.append(
+                f"x: expected shape (B, D) with B >= 1 and D = {d} (the first "
+                f"layer's fan-in), got {jnp.shape(x)}"
+            )
+    problems += finite_problems(x=x, params=params.w_in)
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def preactivations(
@@ -73,6 +112,7 @@ def preactivations(
 ) -> jax.Array:
     """Preactivations ``z^l`` of every layer: ``(L, B, N)``."""
     act = get_activation(activation)
+    x = jnp.asarray(x)
     _check(params, x)
     z1 = _first_layer(params, x)
 
@@ -99,6 +139,7 @@ def jacobians(
       streams through depth instead.
     """
     act = get_activation(activation)
+    x = jnp.asarray(x)
     _check(params, x)
     z1 = _first_layer(params, x)
     j1 = jnp.broadcast_to(params.w_in, (x.shape[0], *params.w_in.shape))

@@ -10,7 +10,8 @@ lies within about 10^+-45.
 
 Values that are not finite are counted, not binned: ``-inf`` (distance 0, a
 point on the boundary) in ``n_zero`` and ``+inf`` (zero gradient: no boundary
-within reach) in ``n_inf``. Finite values outside the range go into the edge
+within reach) in ``n_inf``, and NaN (a NaN input, or a forward pass that
+overflowed) in ``n_nan``. Finite values outside the range go into the edge
 bins and are counted in ``n_clipped``.
 """
 
@@ -55,6 +56,7 @@ class LogSummary(NamedTuple):
       log_sum: ``(...)`` sum of the finite values (for the mean of log10).
       n_zero: ``(...)`` int32, values equal to ``-inf`` (distance zero).
       n_inf: ``(...)`` int32, values equal to ``+inf`` (infinite distance).
+      n_nan: ``(...)`` int32, NaN values.
       n_clipped: ``(...)`` int32, finite values outside the bins' range.
     """
 
@@ -62,6 +64,7 @@ class LogSummary(NamedTuple):
     log_sum: jax.Array
     n_zero: jax.Array
     n_inf: jax.Array
+    n_nan: jax.Array
     n_clipped: jax.Array
 
 
@@ -79,6 +82,7 @@ def summarize(log_values: jax.Array, bins: Bins) -> LogSummary:
         log_sum=jnp.sum(safe),
         n_zero=jnp.sum(v == -jnp.inf, dtype=jnp.int32),
         n_inf=jnp.sum(v == jnp.inf, dtype=jnp.int32),
+        n_nan=jnp.sum(jnp.isnan(v), dtype=jnp.int32),
         n_clipped=jnp.sum(outside, dtype=jnp.int32),
     )
 

@@ -43,7 +43,7 @@ def ridge_predictions(
     x_tr = x_tr - mu[None]
     x_te = x_te - mu[None]
     rms = jnp.sqrt(jnp.mean(x_tr * x_tr))
-    informative = rms > 0
+    informative = jnp.logical_not(rms == 0)
     rms = jnp.where(informative, rms, jnp.ones_like(rms))
     x_tr = x_tr / rms
     x_te = x_te / rms
@@ -65,12 +65,13 @@ def ridge_predictions(
 def r2_score(truth: jax.Array, pred: jax.Array) -> jax.Array:
     """Variance-weighted R^2 of ``pred`` against ``truth`` (both ``(P, T)``).
 
-    0 where the truth has no variance.
+    0 where the truth has no variance; NaN if either holds a NaN.
     """
     sse = jnp.sum((truth - pred) ** 2)
     sst = jnp.sum((truth - jnp.mean(truth, axis=0, keepdims=True)) ** 2)
-    sst_safe = jnp.where(sst > 0, sst, jnp.ones_like(sst))
-    return jnp.where(sst > 0, 1.0 - sse / sst_safe, jnp.zeros_like(sst))
+    constant = sst == 0
+    sst_safe = jnp.where(constant, jnp.ones_like(sst), sst)
+    return jnp.where(constant, jnp.zeros_like(sst), 1.0 - sse / sst_safe)
 
 
 def ridge_r2(

@@ -46,7 +46,13 @@ import jax.numpy as jnp
 
 from actgeo.activations import Activation, get_activation
 from actgeo.kernels import _norms
-from actgeo.kernels.forward import _first_layer, step_values, step_with_jacobian
+from actgeo.kernels.forward import (
+    _first_layer,
+    check_params,
+    finite_problems,
+    step_values,
+    step_with_jacobian,
+)
 from actgeo.kernels.histogram import Bins, LogSummary, summarize
 from actgeo.kernels.probe import r2_score, ridge_predictions
 from actgeo.networks import MLPParams
@@ -106,7 +112,7 @@ def _pair_correlation(z: jax.Array) -> jax.Array:
     if n_pairs == 0:
         return jnp.ones((), z.dtype)
     norms = _norms.norm(z, axis=-1)
-    unit = z / jnp.where(norms > 0, norms, jnp.ones_like(norms))[:, None]
+    unit = z / jnp.where(norms != 0, norms, jnp.ones_like(norms))[:, None]
     a, b = unit[0 : 2 * n_pairs : 2], unit[1 : 2 * n_pairs : 2]
     return jnp.mean(jnp.sum(a * b, axis=-1))
 
@@ -168,13 +174,17 @@ def _layer_summary(
     return stats, region
 
 
+def _as_arrays(*arrays):
+    return tuple(None if a is None else jnp.asarray(a) for a in arrays)
+
+
 def _check_inputs(d: int | None, x, probe_x, probe_target, config):
     # d is None when the input dimension is unknown (measure_function given a
     # malformed x); then only the number of axes is checked.
     problems = []
     dim = "D" if d is None else d
-    if x.ndim != 2 or (d is not None and x.shape[1] != d):
-        problems.append(f"x: expected shape (B, {dim}), got {x.shape}")
+    if x.ndim != 2 or (d is not None and x.shape[1] != d) or x.shape[0] == 0:
+        problems.append(f"x: expected shape (B, {dim}) with B >= 1, got {x.shape}")
     if probe_x is not None:
         if probe_x.ndim != 2 or (d is not None and probe_x.shape[1] != d):
             problems.append(f"probe_x: expected shape (P, {dim}), got {probe_x.shape}")
@@ -192,6 +202,7 @@ def _check_inputs(d: int | None, x, probe_x, probe_target, config):
             )
     elif probe_target is not None:
         problems.append("probe_target: given without probe_x")
+    problems += finite_problems(x=x, probe_x=probe_x, probe_target=probe_target)
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -224,6 +235,9 @@ def layer_statistics(
       depth beyond these per-layer summaries.
     """
     act = get_activation(activation)
+    x, probe_x, probe_target = _as_arrays(x, probe_x, probe_target)
+    if problems := check_params(params):
+        raise ValueError("; ".join(problems))
     _check_inputs(params.w_in.shape[-1], x, probe_x, probe_target, config)
     with_probe = probe_x is not None
     if not with_probe:
@@ -247,7 +261,7 @@ def layer_statistics(
     first = None
     if with_probe:
         row_norm = _norms.norm(params.w_in, axis=-1)
-        first = zp1 / jnp.where(row_norm > 0, row_norm, jnp.ones_like(row_norm))[None]
+        first = zp1 / jnp.where(row_norm != 0, row_norm, jnp.ones_like(row_norm))[None]
     region0 = jnp.full(x.shape[:1], jnp.inf, z1.dtype)
 
     # Step l summarizes layer l, then moves to layer l + 1: the summary is
@@ -297,9 +311,11 @@ def measure_function(
 
     Returns:
       :class:`LayerStats`, equal to :func:`layer_statistics` on an MLP's
-      preactivations and weights.
+      preactivations and weights up to float rounding (a value on a bin edge
+      may land in the neighbouring bin).
     """
     act = get_activation(activation)
+    x, probe_x, probe_target = _as_arrays(x, probe_x, probe_target)
     d = x.shape[-1] if x.ndim == 2 else None
     _check_inputs(d, x, probe_x, probe_target, config)
     with_probe = probe_x is not None
@@ -323,7 +339,7 @@ def measure_function(
         else:
             j1p = jax.vmap(jax.jacfwd(lambda v: as_tuple(v)[0]))(probe_x)
             norm1 = _norms.norm(j1p, axis=-1)
-        first = zps[0] / jnp.where(norm1 > 0, norm1, jnp.ones_like(norm1))
+        first = zps[0] / jnp.where(norm1 != 0, norm1, jnp.ones_like(norm1))
     region = jnp.full(x.shape[:1], jnp.inf, zs[0].dtype)
     per_layer = []
     for l, (z, j, zp) in enumerate(zip(zs, js, zps, strict=True)):
