@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import warnings
 
 import numpy as np
 import xarray as xr
@@ -99,7 +100,10 @@ def plot_sweep(ds: xr.Dataset, path: str | pathlib.Path) -> pathlib.Path:
                     values = ds[name].sel(cell).values
                     if np.all(np.isnan(values)):
                         continue
-                    lo, mid, hi = np.nanpercentile(values, [25, 50, 75], axis=0)
+                    with warnings.catch_warnings():
+                        # Layers where every member overflowed are all NaN.
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        lo, mid, hi = np.nanpercentile(values, [25, 50, 75], axis=0)
                     ax.plot(layer, mid, color=colour, marker=marker, label=activation)
                     ax.fill_between(layer, lo, hi, color=colour, alpha=0.15, lw=0)
                     ax.set_ylim(-0.5, 1.02)

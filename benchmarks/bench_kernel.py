@@ -13,6 +13,9 @@ once with :func:`actgeo.sample`, and the same inputs, float32):
   L2 cache, and the best is reported;
 * ``kernel, lax.map chunks of C``: the best ``C`` again, but the loop over
   chunks is ``jax.lax.map(..., batch_size=C)`` inside one jitted call;
+* ``run_ensemble``: :func:`actgeo.ensemble.run_ensemble` with its defaults,
+  when that function exists and accepts the call (sampling inside, histograms
+  summed over members, results on the host);
 * ``loop of jacfwd``: a Python loop over members calling one jitted
   per-network function (``jax.jacfwd`` of the forward pass, vmapped over
   inputs), compiled once; large ensembles time a subset of members and
@@ -30,7 +33,7 @@ none of the kernel's other statistics, so they do less work than the kernel.
 Every method is credited with the kernel's propagation FLOPs,
 ``2 N^2 B (1 + D) (L - 1) E``, and throughput counts members x layers x inputs
 per second. Compile time (``lower`` plus ``compile``) is reported apart; the
-time is the best of ``--repeats`` calls after a warm-up call.
+time is the best of several blocked calls of the compiled executable.
 
 Axis letters: ``E`` members, ``N`` width, ``L`` layers, ``B`` inputs, ``D``
 input dimension.
@@ -58,13 +61,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import actgeo
-from actgeo.kernels import StatsConfig, layer_statistics
+from actgeo.kernels import Bins, StatsConfig, layer_statistics
 
 DEFAULT_SHAPES = ((256, 128, 32, 16, 2), (64, 512, 16, 8, 8), (1024, 64, 64, 32, 2))
 QUICK_SHAPES = ((32, 64, 8, 8, 2), (16, 128, 6, 4, 4))
 DEFAULT_CHUNKS = (16, 32, 64)
-QUICK_CHUNKS = (4, 8)
+QUICK_CHUNKS = (8,)
 BYTES = 4  # float32
+GIB = 2.0**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +91,9 @@ class Shape:
         """Columns one layer's matmul carries per member: ``B (1 + D)``."""
         return self.inputs * (1 + self.input_dim)
 
-    def flops(self, members: int | None = None) -> float:
+    def flops(self) -> float:
         """Propagation FLOPs: ``2 N^2 B (1 + D) (L - 1) E``."""
-        e = self.members if members is None else members
-        return 2.0 * self.width**2 * self.columns * (self.depth - 1) * e
+        return 2.0 * self.width**2 * self.columns * (self.depth - 1) * self.members
 
     def layer_bytes(self) -> int:
         """One member's working set for one layer: weights, columns in and out."""
@@ -100,8 +103,9 @@ class Shape:
 @dataclasses.dataclass
 class Result:
     method: str
-    seconds: float  # best of the repeats, for the whole ensemble
+    seconds: float  # best of the timed calls, for the whole ensemble
     compile_seconds: float | None
+    memory_gib: float | None = None  # XLA's estimate for one compiled call
     note: str = ""
     flops: bool = True  # whether GFLOP/s is meaningful for this row
     extra: dict = dataclasses.field(default_factory=dict)
@@ -122,32 +126,51 @@ def compile_timed(fn: Callable, *args) -> tuple[Callable, float]:
     return compiled, time.perf_counter() - start
 
 
+def memory_gib(compiled) -> float | None:
+    """Arguments, outputs and temporaries of one call, from XLA, in GiB."""
+    try:
+        m = compiled.memory_analysis()
+        total = (
+            m.argument_size_in_bytes
+            + m.output_size_in_bytes
+            + m.temp_size_in_bytes
+            - m.alias_size_in_bytes
+        )
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+    return total / GIB
+
+
 @dataclasses.dataclass(frozen=True)
 class Repeats:
     most: int = 3
     least: int = 2
     budget: float = 6.0
-    warmup: bool = False
 
 
 def best_of(run: Callable[[], object], policy: Repeats):
     """Best wall time of blocked calls of ``run`` (already compiled).
 
     Calls ``run`` at least ``policy.least`` times and at most ``policy.most``,
-    stopping once ``policy.budget`` seconds have been spent; the first call is
-    a warm-up only when ``policy.warmup`` is set. Returns (seconds, output).
+    stopping once ``policy.budget`` seconds have been spent. The previous
+    call's output is released before the next call starts. Returns (seconds,
+    output of the last call).
     """
-    out = None
-    if policy.warmup:
-        out = _block(run())
     times = []
+    out = None
     while len(times) < policy.most:
+        out = None
         start = time.perf_counter()
         out = _block(run())
         times.append(time.perf_counter() - start)
         if len(times) >= policy.least and sum(times) >= policy.budget:
             break
     return min(times), out
+
+
+def time_call(exe: Callable, policy: Repeats, *args):
+    """:func:`best_of` for calls of ``exe(*args)``."""
+    return best_of(lambda: exe(*args), policy)
 
 
 # ----------------------------------------------------------------------------
@@ -242,12 +265,13 @@ def _split(tree, size: int, axis: int = 0) -> list:
     return _block(out)
 
 
-def _compile_per_shape(fn, calls: Sequence[tuple]) -> tuple[Callable, float]:
+def _compile_per_shape(fn, calls: Sequence[tuple]):
     """Compiles ``fn`` once per distinct argument shapes among ``calls``.
 
-    Returns a function that calls the right executable, and the seconds spent.
+    Returns a function that calls the right executable, the seconds spent,
+    and the largest memory estimate of one call.
     """
-    exes, seconds = {}, 0.0
+    exes, seconds, memory = {}, 0.0, None
 
     def shapes(args):
         return tuple(a.shape for a in jax.tree.leaves(args))
@@ -256,11 +280,47 @@ def _compile_per_shape(fn, calls: Sequence[tuple]) -> tuple[Callable, float]:
         if shapes(args) not in exes:
             exes[shapes(args)], spent = compile_timed(fn, *args)
             seconds += spent
+            gib = memory_gib(exes[shapes(args)])
+            if gib is not None:
+                memory = gib if memory is None else max(memory, gib)
 
     def call(*args):
         return exes[shapes(args)](*args)
 
-    return call, seconds
+    return call, seconds, memory
+
+
+def _run_ensemble_row(spec, x, key, e, policy, kernel_q, checks) -> Result | None:
+    """``actgeo.ensemble.run_ensemble`` with its defaults, if it exists and works.
+
+    The ensemble runner is not part of what this script depends on: any error
+    skips the row with a message.
+    """
+    try:
+        from actgeo.ensemble import run_ensemble
+    except ImportError:
+        return None
+
+    def run():
+        return run_ensemble(spec, x, members=e, key=key)
+
+    try:
+        start = time.perf_counter()
+        result = _block(run())
+        first = time.perf_counter() - start
+        seconds, result = best_of(run, policy)
+        q = np.asarray(result.scalars["q"])
+    except Exception as err:  # the runner is under development: report, go on
+        print(f"  run_ensemble skipped: {type(err).__name__}: {err}", file=sys.stderr)
+        return None
+    checks["run_ensemble vs kernel: q, max rel diff"] = _rel_diff(q, kernel_q)
+    return Result(
+        "actgeo.ensemble.run_ensemble, defaults",
+        seconds,
+        max(first - seconds, 0.0),
+        note="samples inside, sums histograms over members, returns to the host; "
+        "compile = first call minus best",
+    )
 
 
 def run_shape(shape: Shape, args, log) -> dict:
@@ -272,7 +332,7 @@ def run_shape(shape: Shape, args, log) -> dict:
         depth=shape.depth,
         activation=args.activation,
     )
-    config = StatsConfig()
+    config = StatsConfig() if args.bins is None else StatsConfig(Bins(count=args.bins))
     key = jax.random.key(args.seed)
     x = jax.random.normal(
         jax.random.key(args.seed + 1), (shape.inputs, shape.input_dim)
@@ -281,6 +341,26 @@ def run_shape(shape: Shape, args, log) -> dict:
     results: list[Result] = []
     checks: dict[str, float] = {}
     policy = Repeats(args.repeats, min(args.min_repeats, args.repeats), args.budget)
+    # The chunk sweep and run_ensemble (whose first call compiles) may stop
+    # after one timed call when that call alone exceeds the budget.
+    screening = dataclasses.replace(policy, least=1)
+    kernel = kernel_fn(args.activation, config)
+
+    # (a') Sampling inside the jitted call; first, while no weights are held.
+    sampled_row, sampled_q = None, None
+    if not args.no_sample_inside:
+
+        def sampled(key, x):
+            return kernel(actgeo.sample(spec, e, key=key), x)
+
+        exe, comp = compile_timed(sampled, key, x)
+        seconds, stats = time_call(exe, policy, key, x)
+        sampled_q, _ = kernel_summary(stats)
+        del stats
+        sampled_row = Result(
+            "kernel (one vmap), sampling inside", seconds, comp, memory_gib(exe)
+        )
+        log(f"  kernel with sampling: {seconds:.3f} s (compile {comp:.1f} s)")
 
     # The weights: actgeo.sample under jax.jit, compiled ahead and called once.
     exe, comp = compile_timed(lambda k: actgeo.sample(spec, e, key=k), key)
@@ -293,6 +373,7 @@ def run_shape(shape: Shape, args, log) -> dict:
             "actgeo.sample alone (one call)",
             seconds,
             comp,
+            memory_gib(exe),
             note=f"{normals / seconds / 1e6:.0f} M normals/s",
             flops=False,
         )
@@ -300,28 +381,20 @@ def run_shape(shape: Shape, args, log) -> dict:
     log(f"  sampled {normals / 1e6:.0f} M parameters in {seconds:.2f} s")
 
     # (a) The kernel, whole ensemble, weights given.
-    kernel = kernel_fn(args.activation, config)
     exe, comp = compile_timed(kernel, params, x)
-    seconds, stats = best_of(lambda: exe(params, x), policy)
+    seconds, stats = time_call(exe, policy, params, x)
     kernel_q, kernel_delta = kernel_summary(stats)
     del stats
     kernel_seconds = seconds
-    results.append(Result("kernel (one vmap), weights given", seconds, comp))
+    results.append(
+        Result("kernel (one vmap), weights given", seconds, comp, memory_gib(exe))
+    )
     log(f"  kernel: {seconds:.3f} s (compile {comp:.1f} s)")
-
-    # (a') Sampling inside the jitted call.
-    if not args.no_sample_inside:
-
-        def sampled(key, x):
-            return kernel(actgeo.sample(spec, e, key=key), x)
-
-        exe, comp = compile_timed(sampled, key, x)
-        seconds, stats = best_of(lambda: exe(key, x), policy)
-        q, _ = kernel_summary(stats)
-        checks["sampling inside vs given: q, max rel diff"] = _rel_diff(q, kernel_q)
-        del stats
-        results.append(Result("kernel (one vmap), sampling inside", seconds, comp))
-        log(f"  kernel with sampling: {seconds:.3f} s (compile {comp:.1f} s)")
+    if sampled_row is not None:
+        results.append(sampled_row)
+        checks["sampling inside vs given: q, max rel diff"] = _rel_diff(
+            sampled_q, kernel_q
+        )
 
     # (a'') Chunks of members, Python loop over chunks, weights split beforehand.
     l2 = args.l2_kib * 1024
@@ -331,12 +404,12 @@ def run_shape(shape: Shape, args, log) -> dict:
     chunk_rows = []
     for c in candidates:
         chunks = _split(params, c)
-        call, comp = _compile_per_shape(kernel, [(ch, x) for ch in chunks])
+        call, comp, memory = _compile_per_shape(kernel, [(ch, x) for ch in chunks])
 
         def run_chunks(chunks=chunks, call=call):
             return [call(ch, x) for ch in chunks]
 
-        seconds, _ = best_of(run_chunks, policy)
+        seconds, _ = best_of(run_chunks, screening)
         del chunks, call
         fits = "fits" if c * shape.layer_bytes() <= l2 else "exceeds"
         chunk_rows.append(
@@ -344,7 +417,9 @@ def run_shape(shape: Shape, args, log) -> dict:
                 f"kernel, chunks of {c} (Python loop)",
                 seconds,
                 comp,
-                note=f"layer {c * shape.layer_bytes() / 2**20:.2f} MiB, {fits} L2",
+                memory,
+                note=f"one layer {c * shape.layer_bytes() / 2**20:.2f} MiB, {fits} "
+                "L2; memory per chunk",
                 extra={"chunk": c},
             )
         )
@@ -353,7 +428,7 @@ def run_shape(shape: Shape, args, log) -> dict:
     if chunk_rows:
         best = min(chunk_rows, key=lambda r: r.seconds)
         best_chunk = best.extra["chunk"]
-        tried = ", ".join(f"{r.extra['chunk']}: {r.seconds:.3f} s" for r in chunk_rows)
+        tried = ", ".join(f"{r.extra['chunk']}: {r.seconds:.3g} s" for r in chunk_rows)
         best.note += f"; best of chunks tried ({tried})"
         results.append(best)
 
@@ -365,16 +440,23 @@ def run_shape(shape: Shape, args, log) -> dict:
             return jax.lax.map(one, params, batch_size=best_chunk)
 
         exe, comp = compile_timed(mapped, params, x)
-        seconds, _ = best_of(lambda: exe(params, x), policy)
+        seconds, _ = time_call(exe, policy, params, x)
         results.append(
             Result(
                 f"kernel, lax.map chunks of {best_chunk} (one jit)",
                 seconds,
                 comp,
+                memory_gib(exe),
                 extra={"chunk": best_chunk},
             )
         )
         log(f"  kernel, lax.map chunks of {best_chunk}: {seconds:.3f} s")
+
+    if not args.no_run_ensemble:
+        row = _run_ensemble_row(spec, x, key, e, screening, kernel_q, checks)
+        if row is not None:
+            results.append(row)
+            log(f"  run_ensemble: {row.seconds:.3f} s")
 
     # (b) Python loop over members, one jitted jacfwd function.
     per_network = network_stats_fn(args.activation)
@@ -382,11 +464,9 @@ def run_shape(shape: Shape, args, log) -> dict:
     members = _block([jax.tree.map(lambda a, i=i: a[i], params) for i in range(subset)])
     exe, comp = compile_timed(per_network, members[0], x)
 
-    def run_loop():
+    def run_loop(exe=exe, members=members):
         return [exe(m, x) for m in members]
 
-    # The warm-up is a few members: the function is compiled once for all.
-    _block([exe(m, x) for m in members[: min(4, subset)]])
     seconds, outs = best_of(run_loop, policy)
     scale = e / subset
     q = np.stack([np.asarray(o[0]) for o in outs])
@@ -395,55 +475,71 @@ def run_shape(shape: Shape, args, log) -> dict:
     checks["jacfwd loop vs kernel: mean log10 delta_in, max abs diff"] = _abs_diff(
         delta, kernel_delta[:subset]
     )
-    note = "" if subset == e else f"timed {subset} of {e} members, x {scale:g} (linear)"
+    note = "memory per member"
+    if subset < e:
+        note = f"timed {subset} of {e} members, x {scale:g} (linear); " + note
     results.append(
         Result(
             "loop over members of jit(jacfwd)",
             seconds * scale,
             comp,
+            memory_gib(exe),
             note=note,
             extra={"timed_members": subset, "timed_seconds": seconds},
         )
     )
-    log(f"  loop of jacfwd: {seconds * scale:.3f} s ({note or 'all members'})")
+    log(f"  loop of jacfwd: {seconds * scale:.3f} s ({note})")
+    del members, outs
 
     # (c) vmap of jacfwd over the whole ensemble, one jit.
     vmapped = jax.vmap(per_network, in_axes=(0, None))
     exe, comp = compile_timed(vmapped, params, x)
-    seconds, (q, delta) = best_of(lambda: exe(params, x), policy)
+    seconds, (q, delta) = time_call(exe, policy, params, x)
     checks["vmap of jacfwd vs kernel: q, max rel diff"] = _rel_diff(q, kernel_q)
     checks["vmap of jacfwd vs kernel: mean log10 delta_in, max abs diff"] = _abs_diff(
         delta, kernel_delta
     )
-    results.append(Result("vmap of jacfwd (one jit)", seconds, comp))
+    results.append(Result("vmap of jacfwd (one jit)", seconds, comp, memory_gib(exe)))
     log(f"  vmap of jacfwd: {seconds:.3f} s (compile {comp:.1f} s)")
 
-    # (d) Dense batched matmul with the propagation's FLOPs and shapes.
-    # Layer-major (L-1, E, N, N), divided by sigma_w so that the columns keep
+    # (d) Dense batched matmul with the propagation's FLOPs and shapes. Weights
+    # layer-major (L-1, E, N, N), divided by sigma_w so that the columns keep
     # their norm through depth (no overflow, no denormals).
     w_layers = _block(jnp.swapaxes(params.w, 0, 1) / spec.sigma_w)
+    del params
     cols = jax.random.normal(
         jax.random.key(args.seed + 2), (e, shape.width, shape.columns)
     )
+    matmul_rows = []
     exe, comp = compile_timed(matmul_chain, w_layers, cols)
-    seconds, _ = best_of(lambda: exe(w_layers, cols), policy)
-    matmul_rows = [Result("matmul, whole ensemble", seconds, comp)]
+    seconds, _ = time_call(exe, policy, w_layers, cols)
+    matmul_rows.append(Result("matmul, whole ensemble", seconds, comp, memory_gib(exe)))
     log(f"  matmul: {seconds:.3f} s")
     if best_chunk is not None:
-        w_chunks = _split(w_layers, best_chunk, axis=1)
-        c_chunks = _split(cols, best_chunk)
-        pairs = list(zip(w_chunks, c_chunks, strict=True))
-        call, comp = _compile_per_shape(matmul_chain, pairs)
+        pairs = list(
+            zip(
+                _split(w_layers, best_chunk, axis=1),
+                _split(cols, best_chunk),
+                strict=True,
+            )
+        )
+        call, comp, memory = _compile_per_shape(matmul_chain, pairs)
 
-        def run_matmul_chunks():
+        def run_matmul_chunks(pairs=pairs, call=call):
             return [call(w, c) for w, c in pairs]
 
         seconds, _ = best_of(run_matmul_chunks, policy)
         matmul_rows.append(
-            Result(f"matmul, chunks of {best_chunk} (Python loop)", seconds, comp)
+            Result(
+                f"matmul, chunks of {best_chunk} (Python loop)",
+                seconds,
+                comp,
+                memory,
+                note="memory per chunk",
+            )
         )
         log(f"  matmul, chunks of {best_chunk}: {seconds:.3f} s")
-        del w_chunks, c_chunks, pairs, call
+        del pairs, call
     results.extend(matmul_rows)
     reference = min(matmul_rows, key=lambda r: r.seconds)
 
@@ -451,6 +547,7 @@ def run_shape(shape: Shape, args, log) -> dict:
         "shape": dataclasses.asdict(shape),
         "label": shape.label,
         "flops": shape.flops(),
+        "bins": config.bins.count,
         "reference_matmul": reference.method,
         "reference_gflops": shape.flops() / reference.seconds / 1e9,
         "kernel_seconds": kernel_seconds,
@@ -479,8 +576,8 @@ def markdown_table(record: dict) -> str:
         f"{record['reference_matmul']}, {ref:.1f} GFLOP/s.{_load_text(record)}",
         "",
         "| method | time (s) | compile (s) | M member-layer-inputs/s "
-        "| time / kernel | GFLOP/s | of matmul | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| time / kernel | GFLOP/s | of matmul | XLA memory (GiB) | note |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["results"]:
         t = r["seconds"]
@@ -493,9 +590,10 @@ def markdown_table(record: dict) -> str:
         else:
             rate = ratio = gf = frac = ""
             comp = f"{r['compile_seconds']:.2f}" if r["compile_seconds"] else ""
+        memory = "" if r["memory_gib"] is None else f"{r['memory_gib']:.2g}"
         lines.append(
             f"| {r['method']} | {_fmt_seconds(t)} | {comp} | {rate} | {ratio} "
-            f"| {gf} | {frac} | {r['note']} |"
+            f"| {gf} | {frac} | {memory} | {r['note']} |"
         )
     if record["checks"]:
         lines += ["", "Agreement (same statistics on the same ensemble):", ""]
@@ -676,6 +774,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="skip the kernel with sampling inside the jitted call",
     )
+    parser.add_argument(
+        "--no-run-ensemble",
+        action="store_true",
+        help="skip the actgeo.ensemble.run_ensemble row",
+    )
+    parser.add_argument(
+        "--bins",
+        type=int,
+        default=None,
+        help="histogram bins of the kernel (default: the library's StatsConfig)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=pathlib.Path, help="also write results here")
     args = parser.parse_args(argv)
@@ -719,9 +828,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{info['cpu']}, {info['cores']} cores, L2 {args.l2_kib} KiB per core; "
         f"jax {info['jax']} on {info['backend']}; float32; activation "
-        f"{args.activation}; best of {args.min_repeats} to {args.repeats} calls "
-        f"(fewer past {args.budget:g} s a method) after compiling ahead of time; "
-        f"total {elapsed:.0f} s."
+        f"{args.activation}; {records[0]['bins'] if records else '?'} histogram "
+        f"bins; best of up to {args.repeats} calls (at least {args.min_repeats}; "
+        f"no more past {args.budget:g} s a method) after compiling ahead of "
+        f"time; total {elapsed:.0f} s."
     )
     print()
     print(
@@ -744,6 +854,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "chunks": list(args.chunks),
                 "l2_kib": args.l2_kib,
                 "loop_members": args.loop_members,
+                "bins": args.bins,
                 "seed": args.seed,
             },
             "elapsed_seconds": elapsed,
