@@ -129,22 +129,19 @@ def estimate_member_bytes(
 
 
 def _reduce(stats: LayerStats, mask: jax.Array):
-    """Sums the distance summaries over the chunk's valid members."""
+    """Per-member values and the counts summed over valid members.
+
+    ``stats`` has a leading member axis; histogram counts are left out (they
+    are pooled in the chunk's buffer).
+    """
 
     def pool(summary: LogSummary | None):
         if summary is None:
             return None
-        ints = jax.tree.map(
-            lambda a: jnp.sum(a * mask.reshape((-1,) + (1,) * (a.ndim - 1)), axis=0),
-            (
-                summary.counts,
-                summary.n_zero,
-                summary.n_inf,
-                summary.n_nan,
-                summary.n_clipped,
-            ),
+        return tuple(
+            jnp.sum(a * mask.reshape((-1,) + (1,) * (a.ndim - 1)), axis=0)
+            for a in (summary.n_zero, summary.n_inf, summary.n_nan, summary.n_clipped)
         )
-        return ints
 
     scalars = {name: getattr(stats, name) for name in SCALARS}
     pooled = {name: pool(getattr(stats, name)) for name in DISTANCES}
@@ -154,6 +151,10 @@ def _reduce(stats: LayerStats, mask: jax.Array):
         if getattr(stats, name) is not None
     }
     return scalars, pooled, log_sums
+
+
+def _stacked_counts(stats: LayerStats):
+    return jnp.stack([getattr(stats, name).counts for name in DISTANCES], axis=-3)
 
 
 @functools.partial(
@@ -201,28 +202,47 @@ def _chunk(
         config=config,
     )
 
-    def micro(ids, valid):
+    def micro(counts, ids, valid):
         params = _sample_members(
             key, ids, sigma_w, sigma_b, shape=shape, init=init, dtype=dtype
         )
-        stats = jax.vmap(lambda p: measure(p, x))(params)
-        return _reduce(stats, valid.astype(jnp.int32))
+        if micro_batch == 1:
+            # One member at a time adds straight into the chunk's histogram
+            # buffer: no per-member histogram is ever made.
+            one = jax.tree.map(lambda a: a[0], params)
+            stats = measure(one, x, counts=counts, counts_weight=valid[0])
+            counts = _stacked_counts(stats)
+            stats = jax.tree.map(lambda a: a[None], stats)
+        else:
+            stats = jax.vmap(lambda p: measure(p, x))(params)
+            member_counts = _stacked_counts(stats) * valid[:, None, None, None]
+            counts = counts + jnp.sum(member_counts, axis=0)
+        return counts, _reduce(stats, valid)
 
-    # Members run micro_batch at a time under lax.map: every member is computed
-    # by the same compiled program whatever the chunk size, so results are
-    # bit-identical across chunkings.
+    # Members run micro_batch at a time under lax.scan: every member is
+    # computed by the same compiled program whatever the chunk size, so
+    # results are bit-identical across chunkings.
     ids = members.reshape(-1, micro_batch)
-    valid = mask.reshape(-1, micro_batch)
+    valid = mask.reshape(-1, micro_batch).astype(jnp.int32)
+    n_layers = shape[2]
+    counts = jnp.zeros((len(DISTANCES), n_layers, config.bins.count), jnp.int32)
 
-    def body(total, batch):
-        scalars, pooled, log_sums = micro(*batch)
+    def body(carry, batch):
+        counts, total = carry
+        counts, (scalars, pooled, log_sums) = micro(counts, *batch)
         total = jax.tree.map(jnp.add, total, pooled)
-        return total, (scalars, log_sums)
+        return (counts, total), (scalars, log_sums)
 
-    shapes = jax.eval_shape(micro, ids[0], valid[0])[1]
+    shapes = jax.eval_shape(micro, counts, ids[0], valid[0])[1][1]
     zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-    pooled, (scalars, log_sums) = jax.lax.scan(body, zeros, (ids, valid))
+    (counts, pooled), (scalars, log_sums) = jax.lax.scan(
+        body, (counts, zeros), (ids, valid)
+    )
     flat = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), (scalars, log_sums))
+    pooled = {
+        name: None if value is None else (counts[k], *value)
+        for k, (name, value) in enumerate(pooled.items())
+    }
     return flat[0], pooled, flat[1]
 
 

@@ -41,13 +41,17 @@ def ratio(a: jax.Array, v: jax.Array, axis: int = -1) -> jax.Array:
     return jnp.where(nonzero, value, jnp.full_like(value, jnp.inf))
 
 
-def log10_ratio(a: jax.Array, v: jax.Array, axis: int = -1) -> jax.Array:
+def log10_ratio(
+    a: jax.Array, v: jax.Array, axis: int = -1, *, log_abs_a: jax.Array | None = None
+) -> jax.Array:
     """``log10(|a| / |v|)``, finite even where the ratio itself would overflow.
 
     ``-inf`` where ``a`` is zero (on the boundary), ``+inf`` where ``v`` is zero.
     """
     m, s, nonzero = _scaled(v, axis)
-    value = log10_abs(a) - jnp.log10(m) - jnp.log10(s)
+    if log_abs_a is None:
+        log_abs_a = log10_abs(a)
+    value = log_abs_a - jnp.log10(m) - jnp.log10(s)
     return jnp.where(nonzero, value, jnp.full_like(value, jnp.inf))
 
 

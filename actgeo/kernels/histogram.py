@@ -68,17 +68,35 @@ class LogSummary(NamedTuple):
     n_clipped: jax.Array
 
 
-def summarize(log_values: jax.Array, bins: Bins) -> LogSummary:
-    """Summarizes every entry of ``log_values`` into one :class:`LogSummary`."""
+def bin_index(log_values: jax.Array, bins: Bins) -> tuple[jax.Array, jax.Array]:
+    """Bin of every entry (flattened, int32) and whether it is finite."""
     v = jnp.ravel(log_values)
     finite = jnp.isfinite(v)
     safe = jnp.where(finite, v, jnp.zeros_like(v))
     position = (safe - bins.lo) * (bins.count / (bins.hi - bins.lo))
     index = jnp.clip(jnp.floor(position), 0, bins.count - 1).astype(jnp.int32)
+    return index, finite
+
+
+def summarize(log_values: jax.Array, bins: Bins) -> LogSummary:
+    """Summarizes every entry of ``log_values`` into one :class:`LogSummary`."""
+    index, finite = bin_index(log_values, bins)
     counts = jnp.zeros(bins.count, jnp.int32).at[index].add(finite.astype(jnp.int32))
+    return summarize_without_counts(log_values, bins)._replace(counts=counts)
+
+
+def summarize_without_counts(log_values: jax.Array, bins: Bins) -> LogSummary:
+    """A :class:`LogSummary` whose ``counts`` is ``None``: the other fields only.
+
+    Kernels that add many layers' values into one histogram buffer use this
+    with :func:`bin_index`, so no per-layer histogram is ever materialised.
+    """
+    v = jnp.ravel(log_values)
+    finite = jnp.isfinite(v)
+    safe = jnp.where(finite, v, jnp.zeros_like(v))
     outside = finite & ((v < bins.lo) | (v > bins.hi))
     return LogSummary(
-        counts=counts,
+        counts=None,
         log_sum=jnp.sum(safe),
         n_zero=jnp.sum(v == -jnp.inf, dtype=jnp.int32),
         n_inf=jnp.sum(v == jnp.inf, dtype=jnp.int32),

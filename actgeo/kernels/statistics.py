@@ -53,7 +53,12 @@ from actgeo.kernels.forward import (
     step_values,
     step_with_jacobian,
 )
-from actgeo.kernels.histogram import Bins, LogSummary, summarize
+from actgeo.kernels.histogram import (
+    Bins,
+    LogSummary,
+    bin_index,
+    summarize_without_counts,
+)
 from actgeo.kernels.probe import r2_score, ridge_predictions
 from actgeo.networks import MLPParams
 
@@ -133,16 +138,21 @@ def _layer_summary(
     Shapes: ``z (B, N)``, ``j (B, N, D)``, ``log_row_norm (N,)`` (log10 of the
     representation-space scale of each neuron), ``region_prev (B,)`` (log10),
     ``zp (P, N)``, ``first_distances (P, N)``, ``target (P,)``.
+
+    Returns the layer's :class:`LayerStats` with ``counts`` left ``None``, the
+    region distance to carry, and the log10 distances of the three kinds
+    (``delta_rep`` ``None`` without row norms) for the histogram buffer.
     """
     bins = config.bins
-    log_in = _norms.log10_ratio(z, j, axis=-1)
+    log_z = _norms.log10_abs(z)
+    log_in = _norms.log10_ratio(z, j, axis=-1, log_abs_a=log_z)
     region = jnp.minimum(region_prev, jnp.min(log_in, axis=-1))
-    delta_rep = None
+    log_rep = delta_rep = None
     if log_row_norm is not None:
-        log_rep = _norms.log10_abs(z) - log_row_norm[None]
+        log_rep = log_z - log_row_norm[None]
         # A neuron with all-zero weights has no hyperplane: infinite distance.
         log_rep = jnp.where(jnp.isneginf(log_row_norm)[None], jnp.inf, log_rep)
-        delta_rep = summarize(log_rep, bins)
+        delta_rep = summarize_without_counts(log_rep, bins)
     n = z.shape[-1]
     q = jnp.mean(_norms.norm(zp, axis=-1) ** 2) / n
     log_jac = jnp.mean(_norms.log10_norm(j.reshape(j.shape[0], -1), axis=-1))
@@ -167,11 +177,42 @@ def _layer_summary(
         saturated=saturated,
         retention_first=retention_first,
         retention_target=retention_target,
-        delta_in=summarize(log_in, bins),
+        delta_in=summarize_without_counts(log_in, bins),
         delta_rep=delta_rep,
-        region=summarize(region, bins),
+        region=summarize_without_counts(region, bins),
     )
-    return stats, region
+    return stats, region, (log_in, log_rep, region)
+
+
+# Histogram buffer: counts (3, L, bins) for delta_in, delta_rep and region.
+_KINDS = ("delta_in", "delta_rep", "region")
+
+
+def _add_counts(counts, layer, logs, bins: Bins, weight):
+    """Adds one layer's distances of every kind into the buffer (one scatter)."""
+    n_layers = counts.shape[1]
+    flat_index, flat_weight = [], []
+    for k, values in enumerate(logs):
+        if values is None:
+            continue
+        index, finite = bin_index(values, bins)
+        flat_index.append((k * n_layers + layer) * bins.count + index)
+        flat_weight.append(finite.astype(jnp.int32) * weight)
+    flat = counts.reshape(-1).at[jnp.concatenate(flat_index)]
+    return flat.add(jnp.concatenate(flat_weight)).reshape(counts.shape)
+
+
+def _with_counts(stats: LayerStats, counts) -> LayerStats:
+    fields = {}
+    for k, name in enumerate(_KINDS):
+        summary = getattr(stats, name)
+        if summary is not None:
+            fields[name] = summary._replace(counts=counts[k])
+    return stats._replace(**fields)
+
+
+def _empty_counts(n_layers: int, bins: Bins):
+    return jnp.zeros((len(_KINDS), n_layers, bins.count), jnp.int32)
 
 
 def _as_arrays(*arrays):
@@ -216,6 +257,8 @@ def layer_statistics(
     probe_target: jax.Array | None = None,
     residual: float | jax.Array | None = None,
     config: StatsConfig = StatsConfig(),
+    counts: jax.Array | None = None,
+    counts_weight: int | jax.Array = 1,
 ) -> LayerStats:
     """Per-layer statistics of one MLP, streamed through depth.
 
@@ -229,10 +272,16 @@ def layer_statistics(
         of known geometry (a sphere, say), for ``retention_target``.
       residual: residual scale ``alpha`` (traced), or ``None``.
       config: static settings.
+      counts: ``(3, L, bins)`` int32 histogram counts of ``delta_in``,
+        ``delta_rep`` and ``region`` to add this network's values to, so that
+        an ensemble run in sequence fills one buffer; zeros by default.
+      counts_weight: weight of this network's values in ``counts`` (0 leaves
+        the buffer unchanged, as for padding members).
 
     Returns:
-      :class:`LayerStats` with leading axis ``L``. Memory does not grow with
-      depth beyond these per-layer summaries.
+      :class:`LayerStats` with leading axis ``L``; its histogram counts include
+      what ``counts`` held. Memory does not grow with depth beyond these
+      per-layer summaries.
     """
     act = get_activation(activation)
     x, probe_x, probe_target = _as_arrays(x, probe_x, probe_target)
@@ -240,8 +289,14 @@ def layer_statistics(
         raise ValueError("; ".join(problems))
     _check_inputs(params.w_in.shape[-1], x, probe_x, probe_target, config)
     with_probe = probe_x is not None
-    if not with_probe:
-        probe_x = x
+    n_layers = params.w.shape[0] + 1
+    if counts is None:
+        counts = _empty_counts(n_layers, config.bins)
+    elif counts.shape != (len(_KINDS), n_layers, config.bins.count):
+        raise ValueError(
+            f"counts: expected shape ({len(_KINDS)}, {n_layers}, "
+            f"{config.bins.count}), got {counts.shape}"
+        )
 
     def one_input(w, b, z, j):
         return step_with_jacobian(act, w, b, z, j, residual)
@@ -257,7 +312,8 @@ def layer_statistics(
 
     z1 = _first_layer(params, x)
     j1 = jnp.broadcast_to(params.w_in, (x.shape[0], *params.w_in.shape))
-    zp1 = _first_layer(params, probe_x)
+    # Without probe inputs, q and the rest are measured on x itself.
+    zp1 = _first_layer(params, probe_x) if with_probe else z1
     first = None
     if with_probe:
         row_norm = _norms.norm(params.w_in, axis=-1)
@@ -271,17 +327,20 @@ def layer_statistics(
     b_next = jnp.concatenate([params.b, jnp.zeros((1, n), params.b.dtype)])
 
     def body(carry, layer):
-        z, j, zp, region = carry
-        log_norm, w, b = layer
-        stats, region = _layer_summary(
+        z, j, zp, region, counts = carry
+        index, log_norm, w, b = layer
+        stats, region, logs = _layer_summary(
             act, config, z, j, log_norm, region, zp, first, probe_target
         )
+        counts = _add_counts(counts, index, logs, config.bins, counts_weight)
         z, j = step(w, b, z, j)
-        zp = step_values(act, w, b, zp, residual)
-        return (z, j, zp, region), stats
+        zp = step_values(act, w, b, zp, residual) if with_probe else z
+        return (z, j, zp, region, counts), stats
 
-    _, stats = jax.lax.scan(body, (z1, j1, zp1, region0), (log_norms, w_next, b_next))
-    return stats
+    layers = (jnp.arange(n_layers), log_norms, w_next, b_next)
+    carry = (z1, j1, zp1, region0, counts)
+    (*_, counts), stats = jax.lax.scan(body, carry, layers)
+    return _with_counts(stats, counts)
 
 
 def measure_function(
@@ -341,13 +400,16 @@ def measure_function(
             norm1 = _norms.norm(j1p, axis=-1)
         first = zps[0] / jnp.where(norm1 != 0, norm1, jnp.ones_like(norm1))
     region = jnp.full(x.shape[:1], jnp.inf, zs[0].dtype)
+    counts = _empty_counts(len(zs), config.bins)
     per_layer = []
     for l, (z, j, zp) in enumerate(zip(zs, js, zps, strict=True)):
         log_norm = None
         if row_norms is not None:
             log_norm = _norms.log10_abs(jnp.asarray(row_norms[l]))
-        stats, region = _layer_summary(
+        stats, region, logs = _layer_summary(
             act, config, z, j, log_norm, region, zp, first, probe_target
         )
+        counts = _add_counts(counts, l, logs, config.bins, 1)
         per_layer.append(stats)
-    return jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
+    return _with_counts(stacked, counts)
