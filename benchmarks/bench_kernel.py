@@ -65,7 +65,7 @@ from actgeo.kernels import Bins, StatsConfig, layer_statistics
 
 DEFAULT_SHAPES = ((256, 128, 32, 16, 2), (64, 512, 16, 8, 8), (1024, 64, 64, 32, 2))
 QUICK_SHAPES = ((32, 64, 8, 8, 2), (16, 128, 6, 4, 4))
-DEFAULT_CHUNKS = (16, 32, 64)
+DEFAULT_CHUNKS = (1, 16, 32, 64)
 QUICK_CHUNKS = (8,)
 BYTES = 4  # float32
 GIB = 2.0**30
@@ -757,7 +757,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--chunks",
         type=_chunks,
         default=None,
-        help="member chunk sizes to try, comma separated (default 16,32,64); the "
+        help="member chunk sizes to try, comma separated (default 1,16,32,64); the "
         "largest power of two whose layer fits L2 is always added",
     )
     parser.add_argument(
