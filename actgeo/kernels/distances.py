@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from actgeo.activations import Activation, get_activation
 from actgeo.kernels import _norms
-from actgeo.kernels.forward import _check, _first_layer, step_with_jacobian
+from actgeo.kernels.forward import _check, _first_layer, batched_step
 from actgeo.networks import MLPParams
 
 
@@ -81,10 +81,7 @@ def neuron_distances(
     x = jnp.asarray(x)
     _check(params, x)
 
-    def one_input(w, b, z, j):
-        return step_with_jacobian(act, w, b, z, j, residual)
-
-    step = jax.vmap(one_input, in_axes=(None, None, 0, 0))
+    step = batched_step(act, residual)
     alpha = 1.0 if residual is None else residual
 
     z1 = _first_layer(params, x)

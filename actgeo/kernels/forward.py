@@ -57,6 +57,15 @@ def step_with_jacobian(act: Activation, w, b, z_prev, j_prev, residual):
     return z, j
 
 
+def batched_step(act: Activation, residual):
+    """:func:`step_with_jacobian` over a batch: ``z (B, N)``, ``j (B, N, D)``."""
+
+    def one_input(w, b, z, j):
+        return step_with_jacobian(act, w, b, z, j, residual)
+
+    return jax.vmap(one_input, in_axes=(None, None, 0, 0))
+
+
 def finite_problems(**arrays) -> list[str]:
     """Names of the concrete arrays that hold NaN or inf (tracers are skipped).
 
@@ -144,10 +153,7 @@ def jacobians(
     z1 = _first_layer(params, x)
     j1 = jnp.broadcast_to(params.w_in, (x.shape[0], *params.w_in.shape))
 
-    def one_input(w, b, z, j):
-        return step_with_jacobian(act, w, b, z, j, residual)
-
-    step = jax.vmap(one_input, in_axes=(None, None, 0, 0))
+    step = batched_step(act, residual)
 
     def body(carry, layer):
         z, j = step(layer[0], layer[1], *carry)

@@ -48,10 +48,10 @@ from actgeo.activations import Activation, get_activation
 from actgeo.kernels import _norms
 from actgeo.kernels.forward import (
     _first_layer,
+    batched_step,
     check_params,
     finite_problems,
     step_values,
-    step_with_jacobian,
 )
 from actgeo.kernels.histogram import (
     Bins,
@@ -298,10 +298,7 @@ def layer_statistics(
             f"{config.bins.count}), got {counts.shape}"
         )
 
-    def one_input(w, b, z, j):
-        return step_with_jacobian(act, w, b, z, j, residual)
-
-    step = jax.vmap(one_input, in_axes=(None, None, 0, 0))
+    step = batched_step(act, residual)
     log_alpha = 0.0 if residual is None else jnp.log10(residual)
     log_norms = jnp.concatenate(
         [
