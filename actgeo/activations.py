@@ -8,7 +8,11 @@ Every part of actgeo looks activations up here by name. An entry carries
   every derivative is finite at ``+-1e4``);
 * traits: whether it is piecewise linear, whether it is bounded, where its
   kinks are, its peak slope, and the weight scale ``sigma_w`` of its customary
-  initialisation.
+  initialisation;
+* optionally, closed-form Gaussian kernels ``E[phi(u) phi(v)]`` and
+  ``E[phi'(u) phi'(v)]`` for jointly Gaussian ``(u, v)``, which
+  :mod:`actgeo.theory` uses instead of quadrature (relu, leaky relu, linear,
+  erf and exact gelu have them).
 
 Kink convention. A point exactly on a kink belongs to the piece on its left:
 the derivative there is the left piece's slope (``relu'(0) = 0``), and the
@@ -38,6 +42,7 @@ __all__ = [
 ]
 
 ArrayFn = Callable[[jax.Array], jax.Array]
+GaussianKernel = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 # A unit counts as saturated when its slope is below this fraction of the
 # activation's peak slope.
@@ -61,6 +66,10 @@ class Activation:
       peak_slope: ``sup |phi'|``, used to decide saturation.
       parameters: named constants of the activation (a leaky slope, say), for
         closed-form theory.
+      kernel: ``kernel(q1, q2, c) = E[phi(u) phi(v)]`` for zero-mean jointly
+        Gaussian ``(u, v)`` with variances ``q1, q2`` and correlation ``c``,
+        in closed form, or ``None`` (the theory then integrates numerically).
+      slope_kernel: the same for ``E[phi'(u) phi'(v)]``.
     """
 
     name: str
@@ -72,6 +81,8 @@ class Activation:
     customary_sigma_w: float = 1.0
     peak_slope: float = 1.0
     parameters: tuple[tuple[str, float], ...] = ()
+    kernel: GaussianKernel | None = None
+    slope_kernel: GaussianKernel | None = None
 
     def __call__(self, z: jax.Array) -> jax.Array:
         return self.fn(z)
@@ -122,6 +133,97 @@ def _normal_pdf(z):
 
 def _step(z, left, right):
     return jnp.where(z > 0, jnp.asarray(right, z.dtype), jnp.asarray(left, z.dtype))
+
+
+# Closed-form Gaussian kernels ----------------------------------------------------
+#
+# Each takes the variances q1, q2 of (u, v) and their correlation c (clipped to
+# [-1, 1]) and returns an expectation over the bivariate normal. They are exact
+# at c = +-1 (no 0/0): arccos(1) = 0 and the square roots stay real.
+
+
+def _angle(c):
+    return jnp.arccos(jnp.clip(c, -1.0, 1.0))
+
+
+def _relu_kernel(q1, q2, c):
+    # Arc-cosine kernel of degree 1 (Cho & Saul 2009).
+    theta = _angle(c)
+    scale = jnp.sqrt(q1 * q2) / (2.0 * math.pi)
+    return scale * (jnp.sin(theta) + (math.pi - theta) * jnp.cos(theta))
+
+
+def _relu_slope_kernel(q1, q2, c):
+    # Arc-cosine kernel of degree 0; exactly 1/2 at c = 1.
+    return (math.pi - _angle(c)) / (2.0 * math.pi) + 0.0 * (q1 + q2)
+
+
+def _make_leaky_kernels(slope: float):
+    # phi = a z + (1 - a) relu(z), and E[u relu(v)] = E[u v] / 2 by symmetry.
+    def kernel(q1, q2, c):
+        k = jnp.clip(c, -1.0, 1.0) * jnp.sqrt(q1 * q2)
+        return slope * k + (1.0 - slope) ** 2 * _relu_kernel(q1, q2, c)
+
+    def slope_kernel(q1, q2, c):
+        return slope + (1.0 - slope) ** 2 * _relu_slope_kernel(q1, q2, c)
+
+    return kernel, slope_kernel
+
+
+def _linear_kernel(q1, q2, c):
+    return jnp.clip(c, -1.0, 1.0) * jnp.sqrt(q1 * q2)
+
+
+def _linear_slope_kernel(q1, q2, c):
+    return jnp.ones_like(q1 + q2 + c)
+
+
+def _erf_kernel(q1, q2, c):
+    # Arcsine kernel (Williams 1997).
+    k = jnp.clip(c, -1.0, 1.0) * jnp.sqrt(q1 * q2)
+    return (2.0 / math.pi) * jnp.arcsin(
+        2.0 * k / jnp.sqrt((1.0 + 2.0 * q1) * (1.0 + 2.0 * q2))
+    )
+
+
+def _erf_slope_kernel(q1, q2, c):
+    # (4 / pi) E[exp(-u^2 - v^2)] = (4 / pi) / sqrt(det(I + 2 Sigma)).
+    k2 = jnp.clip(c, -1.0, 1.0) ** 2 * q1 * q2
+    return (4.0 / math.pi) / jnp.sqrt((1.0 + 2.0 * q1) * (1.0 + 2.0 * q2) - 4.0 * k2)
+
+
+def _gelu_parts(q1, q2, c):
+    # E[u Phi(u) v Phi(v)]: write Phi(u) = P(xi_1 < u) with independent standard
+    # normals xi, so the kernel is E[u v 1{s > 0} 1{t > 0}] with s = u - xi_1,
+    # t = v - xi_2; Stein's identity to second order gives the terms below.
+    k = jnp.clip(c, -1.0, 1.0) * jnp.sqrt(q1 * q2)
+    a = (1.0 + q1) * (1.0 + q2)
+    det = a - k * k
+    rho = k / jnp.sqrt(a)
+    gamma = 1.0 - q1 / (1.0 + q1) - q2 / (1.0 + q2)
+    bracket = q1 * q2 + gamma * k * k
+    return k, det, rho, gamma, bracket
+
+
+def _gelu_kernel(q1, q2, c):
+    k, det, rho, _, bracket = _gelu_parts(q1, q2, c)
+    return (
+        k / 4.0
+        + k * jnp.arcsin(rho) / (2.0 * math.pi)
+        + bracket / (2.0 * math.pi * jnp.sqrt(det))
+    )
+
+
+def _gelu_slope_kernel(q1, q2, c):
+    # d/dk of the kernel (Price's theorem).
+    k, det, rho, gamma, bracket = _gelu_parts(q1, q2, c)
+    root = jnp.sqrt(det)
+    return (
+        0.25
+        + jnp.arcsin(rho) / (2.0 * math.pi)
+        + k / (2.0 * math.pi * root)
+        + k * (2.0 * gamma * det + bracket) / (2.0 * math.pi * det * root)
+    )
 
 
 # Built-in activations ------------------------------------------------------------
@@ -233,9 +335,21 @@ def _one(z):
 _SQRT2 = math.sqrt(2.0)
 _LEAKY_SLOPE = 0.01
 _leaky_fn, _leaky_prime = _make_leaky_relu(_LEAKY_SLOPE)
+_leaky_kernel, _leaky_slope_kernel = _make_leaky_kernels(_LEAKY_SLOPE)
 
 _BUILTINS = (
-    Activation("relu", _relu, _relu_prime, True, False, (0.0,), _SQRT2, 1.0),
+    Activation(
+        "relu",
+        _relu,
+        _relu_prime,
+        True,
+        False,
+        (0.0,),
+        _SQRT2,
+        1.0,
+        kernel=_relu_kernel,
+        slope_kernel=_relu_slope_kernel,
+    ),
     Activation(
         "leaky_relu",
         _leaky_fn,
@@ -246,6 +360,8 @@ _BUILTINS = (
         math.sqrt(2.0 / (1.0 + _LEAKY_SLOPE**2)),
         1.0,
         (("slope", _LEAKY_SLOPE),),
+        kernel=_leaky_kernel,
+        slope_kernel=_leaky_slope_kernel,
     ),
     Activation("elu", _elu, _elu_prime, False, False, (), _SQRT2, 1.0),
     Activation(
@@ -259,7 +375,18 @@ _BUILTINS = (
         _SELU_SCALE * _SELU_ALPHA,
         (("alpha", _SELU_ALPHA), ("scale", _SELU_SCALE)),
     ),
-    Activation("gelu", _gelu, _gelu_prime, False, False, (), _SQRT2, 1.1289),
+    Activation(
+        "gelu",
+        _gelu,
+        _gelu_prime,
+        False,
+        False,
+        (),
+        _SQRT2,
+        1.1289,
+        kernel=_gelu_kernel,
+        slope_kernel=_gelu_slope_kernel,
+    ),
     Activation(
         "gelu_tanh", _gelu_tanh, _gelu_tanh_prime, False, False, (), _SQRT2, 1.1289931
     ),
@@ -270,12 +397,32 @@ _BUILTINS = (
     Activation("tanh", jnp.tanh, _tanh_prime, False, True, (), 1.0, 1.0),
     Activation("sigmoid", jax.nn.sigmoid, _sigmoid_slope, False, True, (), 1.0, 0.25),
     Activation(
-        "erf", jax.lax.erf, _erf_prime, False, True, (), 1.0, 2.0 / math.sqrt(math.pi)
+        "erf",
+        jax.lax.erf,
+        _erf_prime,
+        False,
+        True,
+        (),
+        1.0,
+        2.0 / math.sqrt(math.pi),
+        kernel=_erf_kernel,
+        slope_kernel=_erf_slope_kernel,
     ),
     Activation(
         "hard_tanh", _hard_tanh, _hard_tanh_prime, True, True, (-1.0, 1.0), 1.0, 1.0
     ),
-    Activation("linear", _identity, _one, True, False, (), 1.0, 1.0),
+    Activation(
+        "linear",
+        _identity,
+        _one,
+        True,
+        False,
+        (),
+        1.0,
+        1.0,
+        kernel=_linear_kernel,
+        slope_kernel=_linear_slope_kernel,
+    ),
 )
 
 _REGISTRY: dict[str, Activation] = {a.name: a for a in _BUILTINS}
@@ -380,6 +527,8 @@ def register(
     kinks: tuple[float, ...] = (),
     customary_sigma_w: float = 1.0,
     peak_slope: float | None = None,
+    kernel: GaussianKernel | None = None,
+    slope_kernel: GaussianKernel | None = None,
     overwrite: bool = False,
 ) -> Activation:
     """Adds a user's elementwise activation to the registry and returns its entry.
@@ -391,6 +540,9 @@ def register(
       piecewise_linear, bounded, kinks: traits, as on :class:`Activation`.
       customary_sigma_w: weight scale of its usual initialisation.
       peak_slope: ``sup |phi'|``; by default measured on a grid over [-20, 20].
+      kernel, slope_kernel: closed forms of ``E[phi(u) phi(v)]`` and
+        ``E[phi'(u) phi'(v)]`` as functions of ``(q1, q2, c)`` (see
+        :class:`Activation`); without them the theory uses quadrature.
       overwrite: replace an existing entry of the same name.
 
     Raises:
@@ -441,6 +593,8 @@ def register(
         kinks,
         float(customary_sigma_w),
         float(peak_slope),
+        kernel=kernel,
+        slope_kernel=slope_kernel,
     )
     _REGISTRY[name] = activation
     return activation
