@@ -108,9 +108,9 @@ def _stretch(params, x, v, *, activation):
 
 def _chunks(spec: actgeo.NetworkSpec, members: int, n_inputs: int, dtype) -> int:
     item = jnp.dtype(dtype).itemsize
-    # Parameters twice (drawn, in use), plus every layer's preactivations and
-    # tangents with temporaries.
-    per_member = 2 * item * spec.param_count()
+    # Parameters three times (the flat draw, its pieces, the scaled weights),
+    # plus every layer's preactivations and tangents with temporaries.
+    per_member = 3 * item * spec.param_count()
     per_member += 6 * item * spec.depth * n_inputs * spec.width
     return plan_chunk(
         per_member,
@@ -220,38 +220,33 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
-def fit_decay(gap: np.ndarray, error: np.ndarray, *, start: int, floor: float = 0.0):
-    """Exponential decay length of ``gap`` (per layer), by a log-linear fit.
+def decay_window(
+    gap: np.ndarray, error: np.ndarray, *, start: int, floor: float = 0.0
+) -> int:
+    """End (exclusive) of the layers from ``start`` where ``gap`` is measurable.
 
-    Fits ``log gap_l = a - l / xi`` over layers ``start, start + 1, ...`` while
-    ``gap_l`` stays above three times ``max(error_l, floor)`` (its standard
-    error over members, or a known floor such as the finite-width bias of a
-    fixed point). Layers are 0-based indices into ``gap``.
-
-    Returns:
-      ``(xi, xi_error, stop)``: the decay length, its standard error from the
-      fit's residuals, and the end (exclusive) of the fitted layers; ``xi`` is
-      NaN when fewer than three layers qualify or the gap does not decay.
+    Layers ``start, start + 1, ...`` qualify while ``gap_l`` stays above three
+    times ``max(error_l, floor)``: its standard error over members, or a known
+    floor such as the level it keeps at the last layers. Layers are 0-based
+    indices into ``gap``.
     """
-    gap, error = np.asarray(gap, float), np.asarray(error, float)
     stop = start
     while stop < gap.size and gap[stop] > 3 * max(error[stop], floor):
         stop += 1
-    n = stop - start
-    if n < 3:
-        return math.nan, math.nan, stop
+    return stop
+
+
+def decay_length(gap: np.ndarray, weight: np.ndarray, start: int, stop: int) -> float:
+    """Decay length ``xi`` of ``gap`` over layers ``[start, stop)``.
+
+    A weighted least-squares fit of ``log gap_l = a - l / xi``; ``weight`` is
+    ``(L,)``, the inverse standard error of ``log gap`` (``gap / error``).
+    NaN when fewer than three layers are given, a gap is not positive, or the
+    gap does not decay.
+    """
+    segment = np.asarray(gap[start:stop], float)
+    if segment.size < 3 or not np.all(segment > 0):
+        return math.nan
     layers = np.arange(start, stop, dtype=float)
-    # Weighted by the inverse standard error of log gap, error / gap.
-    weight = gap[start:stop] / np.maximum(error[start:stop], 1e-300)
-    if not np.all(error[start:stop] > 0):
-        weight = None
-    (slope, _), cov = np.polyfit(
-        layers,
-        np.log(gap[start:stop]),
-        1,
-        w=weight,
-        cov="unscaled" if weight is not None else True,
-    )
-    if not slope < 0:
-        return math.nan, math.nan, stop
-    return -1.0 / slope, math.sqrt(cov[0, 0]) / slope**2, stop
+    slope, _ = np.polyfit(layers, np.log(segment), 1, w=weight[start:stop])
+    return -1.0 / slope if slope < 0 else math.nan

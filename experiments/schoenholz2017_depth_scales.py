@@ -19,16 +19,21 @@ Measurement: for each ``sigma_w``, an ensemble of random networks carries
 
 Starts lie close to the fixed points so that the gaps decay at the
 linearised rate the depth scales describe. Each gap is the absolute value of
-the mean over members and inputs (noise averages out before the absolute
-value). A log-linear fit over the layers, from layer 2, where the gap stays
+the mean over members (noise averages out before the absolute value). A
+weighted log-linear fit over the layers, from layer 2, where the gap stays
 above three times its noise floor (its standard error over members; for
 targets other than ``c* = 1`` at least the level the gap keeps over the last
 quarter of the layers, which also catches a finite-width bias of the fixed
-point) gives the measured depth scale; fewer than three such layers give NaN.
+point) gives the measured depth scale, and its error comes from refitting
+members resampled with replacement; fewer than three such layers give NaN.
+The infinite-width trajectory from the same start
+(:func:`actgeo.theory.maps.iterate`), fitted over the same layers with the
+same weights, gives the "window" depth scale: the part of a difference from
+``xi`` that comes from the start rather than from finite width.
+
 The run is in float64 by default: ``1 - c`` is then followed far down in the
 ordered phase (it is computed as ``|u - u'|^2 / 2`` from unit vectors, not as
-``1 - u.u'``). The figure also shows the infinite-width trajectories from the
-same starts (:func:`actgeo.theory.maps.iterate`).
+``1 - u.u'``).
 
 Run ``python experiments/schoenholz2017_depth_scales.py --quick`` (small, CPU)
 or without ``--quick`` (width 1000, 256 members: an accelerator).
@@ -71,6 +76,7 @@ ORDERED_GAP = 1e-3
 CHAOTIC_GAP = 0.25
 N_SINGLE, N_PAIRS = 16, 16
 BURN_IN = 1  # layers skipped before a fit (0-based: layer 2 onwards)
+BOOTSTRAP = 200  # resamples of the members for the fits' errors
 
 FINE_POINTS = 200
 # Theory curves use the cheaper quadrature (about 1e-6 relative error, far
@@ -115,15 +121,41 @@ def _resolve(args: Args) -> dict:
     }
 
 
-def _gap(values: np.ndarray, target: float):
-    """``|mean(values) - target|`` over members and inputs, and its s.e. ``(L,)``.
+def _fit(per_member: np.ndarray, theory_gap: np.ndarray, plateau: bool, rng):
+    """Measured decay length of a gap, its bootstrap error, and theory's.
 
-    The mean is taken before the absolute value, so that the noise of single
-    members averages out instead of adding a floor.
+    ``per_member`` is ``(E, L)``: each member's deviation from the fixed point
+    (signed, averaged over its inputs); the gap is the absolute value of the
+    mean over members, so that noise averages out before the absolute value.
+    The fit's window and weights (inverse standard error of ``log gap``) are
+    fixed from the full ensemble; the error is the standard deviation of the
+    fit over members resampled with replacement (layers share members, so
+    their errors are correlated and a per-layer error would understate it).
+    The infinite-width gap is fitted over the same layers with the same
+    weights.
     """
-    per_member = np.mean(values, axis=-1) - target  # (E, L)
     mean, error = _common.mean_and_error(per_member)
-    return np.abs(mean), error
+    gap = np.abs(mean)
+    floor = _plateau(gap) if plateau else 0.0
+    stop = _common.decay_window(gap, error, start=BURN_IN, floor=floor)
+    weight = gap / np.maximum(error, np.finfo(float).tiny)
+    xi = _common.decay_length(gap, weight, BURN_IN, stop)
+    resampled = [
+        _common.decay_length(
+            np.abs(
+                per_member[rng.integers(0, len(per_member), len(per_member))].mean(0)
+            ),
+            weight,
+            BURN_IN,
+            stop,
+        )
+        for _ in range(BOOTSTRAP)
+    ]
+    xi_err = float(np.nanstd(resampled)) if np.isfinite(xi) else math.nan
+    xi_window = _common.decay_length(theory_gap, weight, BURN_IN, stop)
+    return dict(
+        gap=gap, gap_se=error, xi=xi, xi_err=xi_err, stop=stop, xi_window=xi_window
+    )
 
 
 def _plateau(gap: np.ndarray) -> float:
@@ -149,16 +181,6 @@ def _trajectories(sigma_w, q_single, q_pair, one_minus_c_in, *, depth):
         one_minus_c_in=one_minus_c_in,
     )
     return jnp.exp(single.log_q), pair.one_minus_c
-
-
-def _fit_theory(gap: np.ndarray, stop: int) -> float:
-    """Decay length of a theory gap fitted over the same layers as the data."""
-    if stop - BURN_IN < 3:
-        return math.nan
-    xi, _, _ = _common.fit_decay(
-        gap[:stop], np.zeros(stop), start=BURN_IN, floor=np.finfo(float).tiny
-    )
-    return xi
 
 
 def _measure_one(args, sizes, sigma_w, keys) -> dict:
@@ -194,45 +216,45 @@ def _measure_one(args, sizes, sigma_w, keys) -> dict:
         progress=args.progress,
         desc=f"sw^2={sigma_w**2:.3g}",
     )
-    q_gap, q_se = _gap(q[:, :, 2 * N_PAIRS :], qs)
-    if ordered:  # 1 - c itself, accurate down to float rounding
-        c_gap, c_se = _common.mean_and_error(one_minus_c.mean(axis=-1))
-    else:
-        c_gap, c_se = _gap(1.0 - one_minus_c, cs)
-    xi_q, xi_q_err, q_stop = _common.fit_decay(
-        q_gap, q_se, start=BURN_IN, floor=_plateau(q_gap)
-    )
-    xi_c, xi_c_err, c_stop = _common.fit_decay(
-        c_gap, c_se, start=BURN_IN, floor=0.0 if ordered else _plateau(c_gap)
-    )
     q_traj, omc_traj = (
         np.asarray(v)
         for v in _trajectories(sigma_w, q_single, q_pair, omc_in, depth=depth)
     )
-    q_gap_th = np.abs(q_traj - qs)
-    c_gap_th = omc_traj if ordered else np.abs(1.0 - omc_traj - cs)
+    rng = np.random.default_rng(args.seed)
+    q_fit = _fit(
+        q[:, :, 2 * N_PAIRS :].mean(axis=-1) - qs, np.abs(q_traj - qs), True, rng
+    )
+    if ordered:  # 1 - c itself, accurate down to float rounding
+        c_fit = _fit(one_minus_c.mean(axis=-1), omc_traj, False, rng)
+    else:
+        c_fit = _fit(
+            (1.0 - one_minus_c).mean(axis=-1) - cs,
+            np.abs(1.0 - omc_traj - cs),
+            True,
+            rng,
+        )
     return dict(
-        xi_q_measured=xi_q,
-        xi_q_err_measured=xi_q_err,
-        xi_c_measured=xi_c,
-        xi_c_err_measured=xi_c_err,
-        q_stop_measured=q_stop,
-        c_stop_measured=c_stop,
+        xi_q_measured=q_fit["xi"],
+        xi_q_err_measured=q_fit["xi_err"],
+        xi_c_measured=c_fit["xi"],
+        xi_c_err_measured=c_fit["xi_err"],
+        q_stop_measured=q_fit["stop"],
+        c_stop_measured=c_fit["stop"],
         xi_q_theory=scales.xi_q,
         xi_c_theory=scales.xi_c,
-        xi_q_window_theory=_fit_theory(q_gap_th, q_stop),
-        xi_c_window_theory=_fit_theory(c_gap_th, c_stop),
+        xi_q_window_theory=q_fit["xi_window"],
+        xi_c_window_theory=c_fit["xi_window"],
         q_star_theory=qs,
         c_star_theory=cs,
         chi_1_theory=scales.chi_1,
         chi_c_theory=scales.chi_c,
         c_start=c_start,
-        q_gap=q_gap,
-        q_gap_se=q_se,
-        c_gap=c_gap,
-        c_gap_se=c_se,
-        q_gap_theory=q_gap_th,
-        c_gap_theory=c_gap_th,
+        q_gap=q_fit["gap"],
+        q_gap_se=q_fit["gap_se"],
+        c_gap=c_fit["gap"],
+        c_gap_se=c_fit["gap_se"],
+        q_gap_theory=np.abs(q_traj - qs),
+        c_gap_theory=omc_traj if ordered else np.abs(1.0 - omc_traj - cs),
     )
 
 
@@ -282,9 +304,10 @@ def run(args: Args) -> xr.Dataset:
             dtype=args.dtype,
             seed=args.seed,
             fit=(
-                "log-linear fit of the member-mean gap from layer "
-                f"{BURN_IN + 1} while it stays above 3x max(s.e., floor); "
-                "stop fields are 0-based exclusive layer indices"
+                "weighted log-linear fit of |member mean| of the gap from layer "
+                f"{BURN_IN + 1} while it stays above 3x max(s.e., floor); errors "
+                f"from {BOOTSTRAP} resamples of the members; stop fields are "
+                "0-based exclusive layer indices"
             ),
             q_start=f"q^1 = {Q_START} q*",
             c_start=(

@@ -93,24 +93,29 @@ def test_members_do_not_depend_on_the_chunking(monkeypatch):
     np.testing.assert_allclose(chunked, whole, rtol=1e-6)
 
 
-def test_fit_decay_recovers_a_depth_scale_and_stops_at_the_floor():
+def test_decay_window_and_length_recover_a_depth_scale():
     rng = np.random.default_rng(0)
     layers = np.arange(80)
     gap = 0.5 * np.exp(-layers / 6.0)
     error = np.full(80, 1e-4)
-    noisy = gap + error * rng.standard_normal(80)
-    xi, xi_err, stop = _common.fit_decay(np.abs(noisy), error, start=1)
-    assert abs(xi - 6.0) < 5 * xi_err + 0.05
+    noisy = np.abs(gap + error * rng.standard_normal(80))
+    stop = _common.decay_window(noisy, error, start=1)
     assert 40 < stop < 50 and noisy[stop] <= 3e-4 < noisy[stop - 1]
-    nan, _, _ = _common.fit_decay(np.full(10, 1e-5), np.full(10, 1e-4), start=1)
-    assert math.isnan(nan)
+    xi = _common.decay_length(noisy, noisy / error, 1, stop)
+    assert abs(xi - 6.0) < 0.1
+    assert math.isnan(_common.decay_length(noisy, noisy / error, 1, 3))
+    assert math.isnan(_common.decay_length(np.exp(layers), np.ones(80), 0, 10))
 
 
-def test_schoenholz_gap_averages_before_the_absolute_value():
-    values = np.array([[[1.1, 0.9]], [[0.9, 1.1]]])  # (E=2, L=1, B=2)
-    gap, error = schoenholz._gap(values, 1.0)
-    np.testing.assert_allclose(gap, [0.0], atol=1e-12)
-    assert error.shape == (1,)
+def test_schoenholz_fit_averages_members_before_the_absolute_value():
+    rng = np.random.default_rng(1)
+    layers = np.arange(30)
+    # Members scattered on both sides of a decaying deviation.
+    per_member = 0.4 * np.exp(-layers / 3.0) + 0.01 * rng.standard_normal((64, 30))
+    fit = schoenholz._fit(per_member, 0.4 * np.exp(-layers / 3.0), True, rng)
+    assert np.all(fit["gap"][:3] > 0.1) and fit["stop"] < 30
+    assert abs(fit["xi"] - 3.0) < 5 * fit["xi_err"] + 0.1
+    assert math.isclose(fit["xi_window"], 3.0, rel_tol=1e-9)
 
 
 def test_hayou_crossing_and_growth():
