@@ -60,8 +60,9 @@ class SweepArgs:
     one)."""
     sigma_b: float = 0.0
     """Bias standard deviation."""
-    init: Literal["gaussian", "orthogonal"] = "gaussian"
-    """Weight distribution."""
+    init: Literal["gaussian", "orthogonal", "critical"] = "gaussian"
+    """Weight distribution; critical: Gaussian, with each activation's sigma_w on
+    its edge of chaos at --sigma-b (not with --sigma-w)."""
     ridge: float = 0.1
     """Retention probe penalty, relative to the features' variance."""
     seed: int = 0

@@ -1,11 +1,14 @@
 """Sweeps: a grid of (activation, data set) cells -> a resumable zarr store.
 
 For each cell, an ensemble of random MLPs with that activation (at its
-customary initialisation unless ``sigma_w`` is given) is measured on that
-data set with :func:`actgeo.ensemble.run_ensemble`, and the cell's per-layer
-statistics are written into its region of an xarray dataset stored as zarr,
-followed by a done mark. Running the same sweep again skips cells already
-done; a store written with different settings is refused.
+customary initialisation unless ``sigma_w`` is given, or on its edge of chaos
+with ``init="critical"``) is measured on that data set with
+:func:`actgeo.ensemble.run_ensemble`, and the cell's per-layer statistics are
+written into its region of an xarray dataset stored as zarr, together with the
+infinite-width prediction of the same statistics
+(:func:`actgeo.theory.predict_statistics`), followed by a done mark. Running
+the same sweep again skips cells already done; a store written with different
+settings is refused.
 
 Member ``i`` of a cell depends only on ``(seed, cell, i)``: the cell's key is
 ``fold_in(key(seed), crc32("activation/dataset"))``, so a cell's networks do
@@ -19,7 +22,11 @@ member, layer)``; each distance (``delta_in``, ``delta_rep``, ``region``) has
 ``{name}_quantiles`` of log10 distance ``(activation, dataset, layer,
 quantile)``, ``{name}_log10_mean``, finite and non-finite counts, and the full
 histogram ``{name}_histogram``. ``retention_target`` is NaN for data sets
-without a known target geometry (digits).
+without a known target geometry (digits). The theory's predictions
+(``theory_q``, ``theory_correlation``, ``theory_log10_jacobian_norm``,
+``theory_log10_delta_in_median``, ``theory_log10_delta_rep_median``) have dims
+``(activation, dataset, layer)`` and are NaN where the network lies outside the
+theory's scope.
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ import xarray as xr
 
 import actgeo
 from actgeo import data as data_lib
+from actgeo import theory
 from actgeo.activations import get_activation
+from actgeo.activations import names as activation_names
 from actgeo.ensemble import (
     DISTANCES,
     SCALARS,
@@ -51,11 +60,28 @@ from actgeo.kernels.histogram import Bins
 from actgeo.kernels.statistics import StatsConfig
 from actgeo.networks import NetworkSpec
 
-__all__ = ["QUANTILES", "SweepConfig", "cell_key", "open_results", "run_sweep"]
+__all__ = [
+    "QUANTILES",
+    "THEORY",
+    "SweepConfig",
+    "cell_key",
+    "open_results",
+    "predict_cell",
+    "run_sweep",
+]
 
 QUANTILES = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
 _MAX_TEMPLATE_BYTES = 4 << 30
 DEFAULT_ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid", "erf")
+# Statistics the infinite-width theory predicts, stored as ``theory_{name}``.
+THEORY = (
+    "q",
+    "correlation",
+    "log10_jacobian_norm",
+    "log10_delta_in_median",
+    "log10_delta_rep_median",
+)
+_INITS = ("gaussian", "orthogonal", "critical")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +101,13 @@ class SweepConfig:
         ``inputs`` of them.
       sphere_dim: input dimension of the sphere data set.
       sigma_w: weight scale for every activation, or ``None`` for each
-        activation's customary value.
+        activation's customary value (or, with ``init="critical"``, its edge
+        of chaos).
       sigma_b: bias standard deviation.
-      init: ``gaussian`` or ``orthogonal``.
+      init: ``gaussian``, ``orthogonal``, or ``critical``: Gaussian weights
+        with each activation's ``sigma_w`` on its edge of chaos at
+        ``sigma_b`` (:func:`actgeo.theory.critical_sigma_w`), where
+        ``chi_1 = 1`` at a stable fixed point ``q*``.
       ridge: retention probe penalty, relative to the features' variance.
       seed: root seed, in ``0..2**32 - 1``.
       dtype: ``float32``, or ``float64`` (needs ``jax_enable_x64``) to check
@@ -94,7 +124,7 @@ class SweepConfig:
     sphere_dim: int = 16
     sigma_w: float | None = None
     sigma_b: float = 0.0
-    init: Literal["gaussian", "orthogonal"] = "gaussian"
+    init: Literal["gaussian", "orthogonal", "critical"] = "gaussian"
     ridge: float = 0.1
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
@@ -146,8 +176,22 @@ class SweepConfig:
             problems.append(
                 f"sigma_b: expected a non-negative finite number, got {self.sigma_b}"
             )
-        if self.init not in ("gaussian", "orthogonal"):
-            problems.append(f"init: expected gaussian or orthogonal, got {self.init!r}")
+        if self.init not in _INITS:
+            problems.append(
+                f"init: expected one of {', '.join(_INITS)}, got {self.init!r}"
+            )
+        if self.init == "critical" and self.sigma_w is not None:
+            problems.append(
+                f"init: 'critical' takes each activation's sigma_w from its edge "
+                f"of chaos, so sigma_w={self.sigma_w} cannot be given too; drop "
+                "sigma_w or choose another init"
+            )
+        critical = {}
+        names_valid = all(name in activation_names() for name in self.activations)
+        sigma_b_valid = np.isfinite(self.sigma_b) and self.sigma_b >= 0
+        if self.init == "critical" and names_valid and sigma_b_valid:
+            critical, found = _critical_sigma_w(self.activations, self.sigma_b)
+            problems += found
         if not (np.isfinite(self.ridge) and self.ridge > 0):
             problems.append(f"ridge: expected a positive number, got {self.ridge}")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
@@ -158,18 +202,21 @@ class SweepConfig:
             problems.append(f"dtype: expected float32 or float64, got {self.dtype!r}")
         if problems:
             raise ValueError("; ".join(problems))
+        # Not a field: derived from the fields, and kept out of the settings.
+        object.__setattr__(self, "_critical", critical)
 
     def spec(self, activation: str, dataset: str) -> NetworkSpec:
         """The network family of one cell."""
         dim = 64 if dataset == "digits" else self.sphere_dim
+        critical = self.init == "critical"
         return NetworkSpec(
             input_dim=dim,
             width=self.width,
             depth=self.depth,
             activation=activation,
-            sigma_w=self.sigma_w,
+            sigma_w=self._critical[activation] if critical else self.sigma_w,
             sigma_b=self.sigma_b,
-            init=self.init,
+            init="gaussian" if critical else self.init,
         )
 
     def stats_config(self) -> StatsConfig:
@@ -177,6 +224,59 @@ class SweepConfig:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def _critical_sigma_w(
+    activations: tuple[str, ...], sigma_b: float
+) -> tuple[dict[str, float], list[str]]:
+    """Each activation's edge-of-chaos ``sigma_w`` at ``sigma_b``, and problems.
+
+    An activation without an edge of chaos at ``sigma_b`` (relu has one only
+    at ``sigma_b = 0``) gives a problem naming it instead of a value.
+    """
+    values, problems = {}, []
+    for name in activations:
+        try:
+            values[name] = float(theory.critical_sigma_w(name, sigma_b))
+        except ValueError as err:
+            problems.append(
+                f"init: 'critical' needs an edge of chaos, and {name} has none at "
+                f"sigma_b={sigma_b} ({err})"
+            )
+    return values, problems
+
+
+def predict_cell(
+    spec: NetworkSpec, x: np.ndarray, probe_x: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The infinite-width prediction of one cell's statistics, pooled as measured.
+
+    ``q`` and the correlation are measured on the probe inputs, the Jacobian
+    norm and the distances on the distance inputs; each is predicted from the
+    same inputs (:func:`actgeo.theory.predict_statistics`), with the theory's
+    fast quadrature rule (about ``1e-6`` relative, far below the ensembles'
+    sampling error, and half the time to trace).
+
+    Args:
+      spec: the cell's network family.
+      x: ``(B, D)`` inputs whose distances are measured.
+      probe_x: ``(P, D)`` probe inputs, or ``None`` when ``q`` and the
+        correlation are measured on ``x``.
+
+    Returns:
+      ``theory_{name}`` for each name of :data:`THEORY`, arrays ``(L,)`` for
+      layers 1..L; all NaN when the network lies outside the theory's scope
+      (residual networks).
+    """
+    try:
+        predicted = theory.predict_statistics(
+            spec, x, probe_x, quadrature=theory.Quadrature.fast()
+        )
+    except NotImplementedError:
+        return {f"theory_{name}": np.full(spec.depth, np.nan) for name in THEORY}
+    return {
+        f"theory_{name}": np.asarray(getattr(predicted, name), float) for name in THEORY
+    }
 
 
 def cell_key(seed: int, activation: str, dataset: str) -> jax.Array:
@@ -212,6 +312,8 @@ def _template(config: SweepConfig) -> xr.Dataset:
             (*cell, "layer", "bin"),
             np.zeros((a, s, l, bins.count), np.int64),
         )
+    for name in THEORY:
+        variables[f"theory_{name}"] = ((*cell, "layer"), np.full((a, s, l), np.nan))
     variables["sigma_w"] = (cell, np.full((a, s), np.nan))
     variables["done"] = (cell, np.zeros((a, s), bool))
     centres = bins.edges[:-1] + bins.width / 2
@@ -241,6 +343,11 @@ def _template(config: SweepConfig) -> xr.Dataset:
         ),
         histogram_range=f"[{bins.lo}, {bins.hi}] log10, {bins.count} bins",
         retention_target="NaN where the data set has no known target geometry",
+        theory=(
+            "theory_*: infinite-width mean-field predictions for each cell's "
+            "network and inputs (actgeo.theory.predict_statistics); NaN outside "
+            "the theory's scope"
+        ),
     )
     return ds
 
@@ -256,6 +363,15 @@ def _descriptions() -> dict[str, str]:
         "retention_target": "held-out R^2 of a ridge probe from phi(z^l) to the "
         "known signed distance (NaN: the data set has none)",
         "sigma_w": "weight standard deviation scale used for the cell",
+        "theory_q": "infinite-width prediction of q, averaged over the probe inputs",
+        "theory_correlation": "infinite-width prediction of the correlation of "
+        "input pairs (0,1), (2,3), ..., mean",
+        "theory_log10_jacobian_norm": "infinite-width prediction of log10 of the "
+        "Frobenius norm of dz^l/dx, mean",
+        "theory_log10_delta_in_median": "infinite-width prediction of the median "
+        "log10 distance to a neuron's boundary in input space",
+        "theory_log10_delta_rep_median": "infinite-width prediction of the median "
+        "log10 distance to a neuron's hyperplane in representation space",
         "done": "the cell has been written completely",
         "quantile": "quantile levels of the log10 distance distributions",
         "bin": "centres of the log10 histogram bins",
@@ -280,7 +396,10 @@ def _descriptions() -> dict[str, str]:
 
 
 def _cell_dataset(
-    config: SweepConfig, result: EnsembleResult, sigma_w: float
+    config: SweepConfig,
+    result: EnsembleResult,
+    sigma_w: float,
+    predicted: dict[str, np.ndarray],
 ) -> xr.Dataset:
     cell = ("activation", "dataset")
     variables = {}
@@ -305,6 +424,8 @@ def _cell_dataset(
             value = np.asarray(getattr(summary, count), np.int64)
             variables[f"{name}_{count}"] = ((*cell, "layer"), value[None, None])
         variables[f"{name}_histogram"] = ((*cell, "layer", "bin"), counts[None, None])
+    for name, values in predicted.items():
+        variables[name] = ((*cell, "layer"), values[None, None])
     variables["sigma_w"] = (cell, np.array([[sigma_w]]))
     return xr.Dataset(variables)
 
@@ -338,10 +459,16 @@ def _open_or_create(config: SweepConfig, store: pathlib.Path, overwrite: bool):
                 f"out: {store} holds a sweep with different settings ({difference}); "
                 "choose another --out, or pass --overwrite to replace it"
             )
-        if "done" not in existing:
+        missing = [
+            name
+            for name in ("done", *(f"theory_{n}" for n in THEORY))
+            if name not in existing
+        ]
+        if missing:
             raise ValueError(
-                f"out: {store} is not a complete results store (no done marks); "
-                "choose another --out or pass --overwrite"
+                f"out: {store} lacks {', '.join(missing)} (an incomplete store, or "
+                "one written by an older actgeo); choose another --out or pass "
+                "--overwrite"
             )
         return existing["done"].values.copy()
     # Write the empty store beside its final place and move it in at once, so
@@ -438,6 +565,17 @@ def run_sweep(
         for i, activation in enumerate(config.activations)
         for j, dataset in enumerate(config.datasets)
     ]
+    # The theory is cheap (scalar recursions per input): predict every pending
+    # cell first, so that a failure there stops the sweep before any cell runs.
+    predicted = {
+        (i, j): predict_cell(
+            config.spec(activation, dataset),
+            inputs[dataset].x[: config.inputs],
+            inputs[dataset].x,
+        )
+        for i, j, activation, dataset in cells
+        if not done[i, j]
+    }
     for i, j, activation, dataset in cells:
         if done[i, j]:
             log(f"{activation:>10} / {dataset:<7} already done, skipped")
@@ -459,7 +597,7 @@ def run_sweep(
             progress=f"{activation}/{dataset}" if progress else False,
         )
         region = {"activation": slice(i, i + 1), "dataset": slice(j, j + 1)}
-        _cell_dataset(config, result, spec.sigma_w).to_zarr(
+        _cell_dataset(config, result, spec.sigma_w, predicted[i, j]).to_zarr(
             store, region=region, consolidated=False
         )
         mark = xr.Dataset({"done": (("activation", "dataset"), np.array([[True]]))})

@@ -45,6 +45,11 @@ def test_sweep_writes_store_figure_and_table(tmp_path, capsys):
         (["--seed", "-1"], "seed: expected an integer in 0..2**32 - 1"),
         (["--seed", str(2**63)], "seed: expected an integer in 0..2**32 - 1"),
         (["--memory-budget-gib", "0.000001"], "one member needs about"),
+        (["--init", "critical", "--sigma-w", "1.5"], "init: 'critical' takes"),
+        (
+            ["--init", "critical", "--sigma-b", "0.5"],
+            "relu has none at sigma_b=0.5",
+        ),
         (
             ["--chunk-size", "10", "--memory-budget-gib", "0.001"],
             "use chunk_size <= 1 or raise",

@@ -1,4 +1,7 @@
-"""Sweeps: the results store, resuming, refusing other settings, the figure."""
+"""Sweeps: the results store, resuming, refusing other settings, the figure.
+
+Also the theory beside the measurements (``theory_*``) and critical init.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from actgeo import figures
+from actgeo import data as data_lib
+from actgeo import figures, theory
 from actgeo.kernels import Bins
-from actgeo.sweep import SweepConfig, run_sweep
+from actgeo.networks import NetworkSpec
+from actgeo.sweep import THEORY, SweepConfig, predict_cell, run_sweep
 
 TINY = dict(
     activations=("relu", "tanh"),
@@ -181,3 +186,106 @@ def test_float64_needs_x64_and_memory_is_checked(tmp_path):
     with pytest.raises(ValueError, match="members: per-member results of"):
         run_sweep(SweepConfig(**{**TINY, "members": 10**9}), tmp_path)
     assert not (tmp_path / "results.zarr").exists()
+
+
+def _dashed_lines(fig) -> int:
+    return sum(line.get_linestyle() == "--" for ax in fig.axes for line in ax.lines)
+
+
+def test_theory_is_stored_beside_the_measurements(swept):
+    _, ds, _ = swept
+    for name in THEORY:
+        values = ds[f"theory_{name}"]
+        assert values.dims == ("activation", "dataset", "layer"), name
+        assert np.isfinite(values).all(), name
+        assert "infinite-width" in values.attrs["description"], name
+    # Layer 1 needs no recursion: q^1 = sigma_w^2 |x|^2 / D + sigma_b^2,
+    # averaged over the probe inputs, the ones q is measured on.
+    probe = data_lib.load("digits", TINY["probe"], seed=0).x.astype(float)
+    q_in = np.mean(np.sum(probe**2, axis=1) / probe.shape[1])
+    predicted = ds["theory_q"].sel(dataset="digits", layer=1)
+    np.testing.assert_allclose(
+        predicted, ds["sigma_w"].sel(dataset="digits") ** 2 * q_in, rtol=1e-5
+    )
+
+
+def test_figure_draws_the_theory_dashed_in_each_curves_colour(swept):
+    import matplotlib.pyplot as plt
+
+    _, ds, _ = swept
+    fig = figures.sweep_figure(ds)
+    # Two activations x two data sets x (delta_in, delta_rep, q, correlation).
+    assert _dashed_lines(fig) == 2 * 2 * 4
+    for ax in fig.axes:
+        solid = {l.get_color() for l in ax.lines if l.get_linestyle() == "-"}
+        dashed = {l.get_color() for l in ax.lines if l.get_linestyle() == "--"}
+        assert dashed <= solid
+    plt.close(fig)
+    # A store without predictions (outside the theory's scope, or written
+    # before the theory) draws none, and its table shows none.
+    names = [f"theory_{name}" for name in THEORY]
+    for without in (ds.drop_vars(names), ds.assign({n: ds[n] * np.nan for n in names})):
+        fig = figures.sweep_figure(without)
+        assert _dashed_lines(fig) == 0
+        plt.close(fig)
+        # Columns: names, sigma_w, in/rep at layers 1 and 3, then the theory's.
+        for row in figures.summary_table(without).splitlines()[1:]:
+            assert row.split()[7:9] == ["-", "-"]
+    header, *rows = figures.summary_table(ds).splitlines()
+    assert "theory in@3  theory rep@3" in header
+    for row in rows:
+        assert all(np.isfinite(float(v)) for v in row.split()[7:9])
+
+
+def test_residual_networks_are_outside_the_theory(swept):
+    spec = NetworkSpec(input_dim=4, width=8, depth=3, activation="tanh", residual=0.5)
+    x = np.ones((2, 4))
+    predicted = predict_cell(spec, x, x)
+    assert sorted(predicted) == sorted(f"theory_{name}" for name in THEORY)
+    assert all(np.isnan(v).all() and v.shape == (3,) for v in predicted.values())
+
+
+def test_critical_init_puts_each_activation_on_its_edge_of_chaos():
+    config = SweepConfig(**{**TINY, "init": "critical"})
+    tanh = config.spec("tanh", "digits")
+    relu = config.spec("relu", "sphere")
+    assert tanh.sigma_w == pytest.approx(1.0, rel=1e-5)
+    assert relu.sigma_w == pytest.approx(np.sqrt(2), rel=1e-6)
+    assert tanh.init == relu.init == "gaussian"
+    # The settings say "critical"; the customary init would differ.
+    assert json.loads(config.to_json())["init"] == "critical"
+
+
+def test_critical_sweep_stores_the_critical_sigma_w(tmp_path):
+    config = SweepConfig(
+        **{**TINY, "activations": ("tanh", "erf"), "datasets": ("sphere",)},
+        init="critical",
+        sigma_b=0.3,
+    )
+    ds = run_sweep(config, tmp_path).load()
+    for name in ("tanh", "erf"):
+        expected = theory.critical_sigma_w(name, 0.3)
+        np.testing.assert_allclose(ds["sigma_w"].sel(activation=name), expected)
+    assert np.isfinite(ds["theory_q"]).all()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(sigma_w=1.5), r"init: 'critical' .* sigma_w=1\.5 cannot be given"),
+        (dict(sigma_b=0.5), r"relu has none at sigma_b=0\.5"),
+    ],
+)
+def test_critical_init_refuses_before_work(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        SweepConfig(**{**TINY, "init": "critical", **change})
+
+
+def test_store_without_theory_is_refused(swept, tmp_path):
+    import shutil
+
+    out, _, _ = swept
+    shutil.copytree(out / "results.zarr", tmp_path / "results.zarr")
+    shutil.rmtree(tmp_path / "results.zarr" / "theory_q")
+    with pytest.raises(ValueError, match=r"lacks theory_q .*--overwrite"):
+        run_sweep(SweepConfig(**TINY), tmp_path)
