@@ -2,8 +2,11 @@
 
 ``actgeo sweep`` measures how activations carry boundary-distance information
 through depth over ensembles of random networks, on scikit-learn's digits and
-on points around a sphere, and writes a zarr results store, a PNG figure and a
-summary table. Run ``actgeo sweep --help`` for its options.
+on points around a sphere, and writes a zarr results store (with the
+infinite-width theory's predictions beside the measurements), a PNG figure and
+a summary table. ``actgeo theory`` draws the infinite-width phase diagram of
+one activation and the edge-of-chaos curves of several. Run ``actgeo sweep
+--help`` or ``actgeo theory --help`` for their options.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from typing import Literal
 
 import tyro
 
-__all__ = ["SweepArgs", "main"]
+__all__ = ["SweepArgs", "TheoryArgs", "main"]
 
 _QUICK = dict(members=64, width=64, depth=16, probe=256, inputs=4)
+_THEORY_GRID = 100
+_THEORY_QUICK_GRID = 25
 
 
 @dataclasses.dataclass
@@ -192,6 +197,119 @@ def sweep(args: SweepArgs) -> int:
     return 0
 
 
+@dataclasses.dataclass
+class TheoryArgs:
+    """Draw the infinite-width phase diagram of one activation and the edge-of-chaos
+    curves of several.
+
+    The phase diagram colours chi_1 and the correlation fixed point c* over a grid
+    of (sigma_b, sigma_w), standard deviations, with the activation's edge of
+    chaos drawn over them.
+    """
+
+    out: pathlib.Path = pathlib.Path("results/theory")
+    """Folder for theory.zarr and the PNG figures."""
+    activation: str = "tanh"
+    """Activation whose phase diagram is drawn."""
+    activations: tuple[str, ...] = ("relu", "tanh", "elu", "silu", "gelu", "erf")
+    """Activations whose edge-of-chaos curves are drawn."""
+    sigma_w_max: float = 4.0
+    """Largest weight standard deviation of the grid."""
+    sigma_b_max: float = 1.0
+    """Largest bias standard deviation of the grid."""
+    grid: int | None = None
+    """Grid points per axis (when omitted: 100, or 25 with --quick)."""
+    quick: bool = False
+    """A coarse grid that finishes in seconds."""
+
+    def grid_points(self) -> int:
+        if self.grid is not None:
+            return self.grid
+        return _THEORY_QUICK_GRID if self.quick else _THEORY_GRID
+
+    def problems(self) -> list[str]:
+        """Every invalid option, each named with what was expected."""
+        from actgeo.activations import get_activation
+
+        problems = []
+        try:
+            get_activation(self.activation)
+        except ValueError as err:
+            problems.append(str(err))
+        if not self.activations:
+            problems.append("activations: expected at least one name")
+        for name in self.activations:
+            try:
+                get_activation(name)
+            except ValueError as err:
+                problems.append(str(err).replace("activation:", "activations:", 1))
+        if len(set(self.activations)) != len(self.activations):
+            problems.append(f"activations: names repeat in {self.activations}")
+        grid = self.grid_points()
+        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
+            problems.append(f"grid: expected an integer >= 2, got {grid!r}")
+        for flag, value in (
+            ("sigma-w-max", self.sigma_w_max),
+            ("sigma-b-max", self.sigma_b_max),
+        ):
+            if not (math.isfinite(value) and value > 0):
+                problems.append(
+                    f"{flag}: expected a positive finite number, got {value}"
+                )
+        return problems
+
+
+def theory(args: TheoryArgs) -> int:
+    """Computes and draws the phase diagram and edge-of-chaos curves of ``args``."""
+    if problems := args.problems():
+        print(f"actgeo theory: error: {'; '.join(problems)}", file=sys.stderr)
+        return 2
+    out = args.out
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            print(
+                f"actgeo theory: error: out: {folder} is a file, not a folder",
+                file=sys.stderr,
+            )
+            return 2
+
+    _enable_compilation_cache()
+    import json
+
+    import numpy as np
+
+    from actgeo.figures import plot_edge_of_chaos, plot_phase_diagram, theory_dataset
+
+    n = args.grid_points()
+    # sigma_w = 0 is left out: the network is then constant and chi_1 = 0.
+    sigma_w = np.linspace(0.0, args.sigma_w_max, n + 1)[1:]
+    sigma_b = np.linspace(0.0, args.sigma_b_max, n)
+    started = time.perf_counter()
+    print(
+        f"actgeo theory: phase diagram of {args.activation} on {n} x {n} "
+        f"(sigma_b, sigma_w) points, edge of chaos of "
+        f"{', '.join(args.activations)} -> {out}",
+        flush=True,
+    )
+    try:
+        ds = theory_dataset(args.activation, tuple(args.activations), sigma_w, sigma_b)
+    except ValueError as err:
+        print(f"actgeo theory: error: {err}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "theory.zarr"
+    ds.to_zarr(store, mode="w", consolidated=False)
+    phase = plot_phase_diagram(ds, out / f"phase_diagram_{args.activation}.png")
+    curves = plot_edge_of_chaos(ds, out / "edge_of_chaos.png")
+    for name, reason in json.loads(ds.attrs["no_edge_of_chaos"]).items():
+        print(f"note: {name} has no edge of chaos ({reason})")
+    print(f"numbers: {store}")
+    print(f"figures: {phase}")
+    print(f"         {curves}")
+    print(f"elapsed: {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def _float_warnings(ds) -> list[str]:
     """Cells where NaN distances or non-finite q show the float range was left."""
     import numpy as np
@@ -217,10 +335,12 @@ def _float_warnings(ds) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``actgeo`` command."""
     args = tyro.extras.subcommand_cli_from_dict(
-        {"sweep": SweepArgs}, args=argv, prog="actgeo"
+        {"sweep": SweepArgs, "theory": TheoryArgs}, args=argv, prog="actgeo"
     )
     if isinstance(args, SweepArgs):
         return sweep(args)
+    if isinstance(args, TheoryArgs):
+        return theory(args)
     raise AssertionError(f"unhandled command {args!r}")
 
 

@@ -1,9 +1,12 @@
-"""Figures and summary tables drawn from a sweep's results store.
+"""Figures and summary tables drawn from a sweep's results store, and theory maps.
 
-Everything here reads an ``xarray.Dataset`` as written by
+The sweep's figure and table read an ``xarray.Dataset`` as written by
 :func:`actgeo.sweep.run_sweep`; nothing recomputes a measurement, and the
 theory's predictions drawn beside the measurements are read from the same
-store.
+store. The phase diagram and the edge-of-chaos curves are computed by
+:func:`theory_dataset` from :mod:`actgeo.theory` and drawn from that dataset.
+
+``sigma_w`` and ``sigma_b`` are standard deviations throughout.
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ import warnings
 import numpy as np
 import xarray as xr
 
-__all__ = ["plot_sweep", "summary_table", "sweep_figure"]
+__all__ = [
+    "plot_edge_of_chaos",
+    "plot_phase_diagram",
+    "plot_sweep",
+    "summary_table",
+    "sweep_figure",
+    "theory_dataset",
+]
 
 
 def _median(ds: xr.Dataset, name: str) -> xr.DataArray:
@@ -166,14 +176,7 @@ def plot_sweep(ds: xr.Dataset, path: str | pathlib.Path) -> pathlib.Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = sweep_figure(ds)
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(sweep_figure(ds), path)
 
 
 def _pick_layers(depth: int) -> list[int]:
@@ -241,3 +244,259 @@ def summary_table(ds: xr.Dataset) -> str:
 
 def _fmt(value: float) -> str:
     return "-" if not np.isfinite(value) else f"{value:.2f}"
+
+
+def _padded(curves: list[np.ndarray], fill) -> np.ndarray:
+    """Stacks 1-D arrays of different lengths into ``(len(curves), longest)``."""
+    longest = max([1, *(len(c) for c in curves)])
+    out = np.full((len(curves), longest), fill, dtype=np.result_type(fill, *curves))
+    for i, c in enumerate(curves):
+        out[i, : len(c)] = c
+    return out
+
+
+def _curve(activation: str) -> tuple[tuple[np.ndarray, ...], str | None]:
+    """One activation's edge of chaos ``(q*, sigma_w, sigma_b, stable)``.
+
+    An activation without one gives empty arrays and the theory's reason.
+    """
+    from actgeo import theory
+
+    try:
+        eoc = theory.edge_of_chaos(activation)
+    except ValueError as err:
+        empty = np.zeros(0)
+        return (empty, empty, empty, np.zeros(0, bool)), str(err)
+    arrays = (eoc.q_star, eoc.sigma_w, eoc.sigma_b, eoc.stable)
+    return tuple(
+        np.asarray(a, bool if i == 3 else float) for i, a in enumerate(arrays)
+    ), None
+
+
+def theory_dataset(
+    activation: str,
+    activations: tuple[str, ...],
+    sigma_w: np.ndarray,
+    sigma_b: np.ndarray,
+) -> xr.Dataset:
+    """The phase diagram of one activation and edge-of-chaos curves of several.
+
+    Args:
+      activation: registered name whose phase diagram is computed on the grid.
+      activations: registered names whose edge-of-chaos curves are computed.
+      sigma_w: ``(W,)`` weight standard deviations of the grid.
+      sigma_b: ``(S,)`` bias standard deviations of the grid.
+
+    Returns:
+      A dataset with ``q_star``, ``chi_1`` and ``c_star`` of dims ``(sigma_b,
+      sigma_w)`` (:func:`actgeo.theory.phase_diagram`); the phase-diagram
+      activation's edge of chaos as ``phase_eoc_*`` of dim ``phase_point``;
+      and each curve's ``eoc_q_star``, ``eoc_sigma_w``, ``eoc_sigma_b`` and
+      ``eoc_stable`` of dims ``(curve, point)``
+      (:func:`actgeo.theory.edge_of_chaos`), padded with NaN (``False`` for
+      ``eoc_stable``) past each curve's end. Activations without an edge of
+      chaos are listed with the theory's reason in the attribute
+      ``no_edge_of_chaos`` (a JSON object).
+    """
+    from actgeo import theory
+
+    grid = theory.phase_diagram(activation, sigma_w, sigma_b)
+    traced = {name: _curve(name) for name in dict.fromkeys((*activations, activation))}
+    missing = {name: why for name, (_, why) in traced.items() if why is not None}
+    curves = [traced[name][0] for name in activations]
+    phase = traced[activation][0]
+    plane = ("sigma_b", "sigma_w")
+    variables = {
+        "q_star": (plane, np.asarray(grid.q_star, float)),
+        "chi_1": (plane, np.asarray(grid.chi_1, float)),
+        "c_star": (plane, np.asarray(grid.c_star, float)),
+    }
+    fields = ("q_star", "sigma_w", "sigma_b", "stable")
+    for k, field in enumerate(fields):
+        fill = False if field == "stable" else np.nan
+        variables[f"eoc_{field}"] = (
+            ("curve", "point"),
+            _padded([c[k] for c in curves], fill),
+        )
+        variables[f"phase_eoc_{field}"] = (("phase_point",), phase[k])
+    ds = xr.Dataset(
+        variables,
+        coords={
+            "sigma_w": np.asarray(sigma_w, float),
+            "sigma_b": np.asarray(sigma_b, float),
+            "curve": np.array(activations, dtype=object),
+        },
+    )
+    texts = {
+        "q_star": "fixed point q* of the q-map reached from q = 1 (inf: diverges)",
+        "chi_1": "chi_1 = sigma_w^2 E[phi'(u)^2], u ~ N(0, q*); above 1: chaotic",
+        "c_star": "fixed point c* of the c-map at q*, reached from c = 0",
+        "eoc_q_star": "edge of chaos: the fixed point q* along the curve",
+        "eoc_sigma_w": "edge of chaos: weight standard deviation",
+        "eoc_sigma_b": "edge of chaos: bias standard deviation",
+        "eoc_stable": "edge of chaos: the fixed point q* is stable",
+    }
+    for name, text in texts.items():
+        ds[name].attrs["description"] = text
+        if name.startswith("eoc_"):
+            ds[f"phase_{name}"].attrs["description"] = text + f" ({activation})"
+    ds.attrs.update(
+        activation=activation,
+        no_edge_of_chaos=json.dumps(missing),
+        convention="sigma_w, sigma_b are standard deviations: W_ij ~ "
+        "N(0, sigma_w^2 / fan_in), b_i ~ N(0, sigma_b^2)",
+    )
+    return ds
+
+
+def _draw_curve(ax, sigma_w, sigma_b, stable, **style) -> bool:
+    """Draws an edge-of-chaos curve: solid where q* is stable, dotted elsewhere.
+
+    A curve of one point (relu's, at ``sigma_b = 0``) is drawn as a marker.
+    Returns whether a dotted (unstable) part was drawn.
+    """
+    keep = np.isfinite(sigma_w) & np.isfinite(sigma_b)
+    sigma_w, sigma_b, stable = sigma_w[keep], sigma_b[keep], stable[keep]
+    if len(sigma_w) == 1:
+        ax.plot(sigma_b, sigma_w, "o", clip_on=False, zorder=5, **style)
+        return False
+    ax.plot(sigma_b, np.where(stable, sigma_w, np.nan), "-", **style)
+    # The dotted part reaches the neighbouring stable points, leaving no gap.
+    unstable = ~stable
+    unstable[1:] |= ~stable[:-1]
+    unstable[:-1] |= ~stable[1:]
+    if np.count_nonzero(~stable) and np.count_nonzero(unstable) > 1:
+        ax.plot(
+            sigma_b,
+            np.where(unstable, sigma_w, np.nan),
+            ":",
+            **{**style, "label": None},
+        )
+        return True
+    return False
+
+
+def _stability_legend(ax, dotted: bool, **legend) -> None:
+    """A legend of the axes' labelled lines, explaining the dotted style if used."""
+    from matplotlib.lines import Line2D
+
+    handles, _ = ax.get_legend_handles_labels()
+    if dotted:
+        handles.append(Line2D([], [], color="0.3", ls=":", label="q* unstable"))
+    if handles:
+        ax.legend(handles=handles, **legend)
+
+
+def _save(fig, path: str | pathlib.Path) -> pathlib.Path:
+    import matplotlib.pyplot as plt
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_phase_diagram(ds: xr.Dataset, path: str | pathlib.Path) -> pathlib.Path:
+    """Draws ``chi_1`` and ``c*`` over the ``(sigma_b, sigma_w)`` grid to a PNG.
+
+    ``chi_1`` is coloured on a log scale centred on 1 (red: chaotic, blue:
+    ordered); ``c*`` on a linear scale. The activation's edge of chaos
+    (:func:`theory_dataset`) is drawn over both: solid where its fixed point
+    is stable, dotted where not.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import colors
+
+    activation = ds.attrs.get("activation", "?")
+    sigma_w, sigma_b = ds["sigma_w"].values, ds["sigma_b"].values
+    chi = ds["chi_1"].values
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = np.nanmax(np.abs(np.log10(chi[(chi > 0) & np.isfinite(chi)])))
+    # At most a decade either side of 1, so that the colours resolve the edge
+    # of chaos; values beyond saturate.
+    span = 10 ** float(np.clip(spread, 0.1, 1.0))
+    c_star = ds["c_star"].values
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), constrained_layout=True)
+    c_low = np.nanmin(c_star) if np.isfinite(c_star).any() else 0.0
+    panels = (
+        (chi, colors.LogNorm(1 / span, span), "RdBu_r", "chi_1 (log scale)", "both"),
+        (c_star, colors.Normalize(min(0.0, c_low), 1.0), "viridis", "c*", "neither"),
+    )
+    dotted = False
+    for ax, (values, norm, cmap, label, extend) in zip(axes, panels, strict=True):
+        mesh = ax.pcolormesh(
+            sigma_b, sigma_w, values.T, norm=norm, cmap=cmap, shading="nearest"
+        )
+        fig.colorbar(mesh, ax=ax, label=label, extend=extend)
+        dotted |= _draw_curve(
+            ax,
+            ds["phase_eoc_sigma_w"].values,
+            ds["phase_eoc_sigma_b"].values,
+            ds["phase_eoc_stable"].values,
+            color="k",
+            lw=1.5,
+            label="edge of chaos",
+        )
+        ax.set_xlim(sigma_b[0], sigma_b[-1])
+        ax.set_ylim(sigma_w[0], sigma_w[-1])
+        ax.set_xlabel("sigma_b (bias standard deviation)")
+        ax.set_ylabel("sigma_w (weight standard deviation)")
+        ax.set_title(f"{activation}: {label.split()[0]} at the fixed point q*")
+    _stability_legend(axes[0], dotted, fontsize=8, loc="upper left")
+    return _save(fig, path)
+
+
+def plot_edge_of_chaos(ds: xr.Dataset, path: str | pathlib.Path) -> pathlib.Path:
+    """Draws each activation's edge of chaos, ``sigma_w`` against ``sigma_b``.
+
+    The axes span the dataset's phase-diagram grid. Solid where the fixed
+    point ``q*`` is stable, dotted where not; a curve of one point (relu) is
+    a marker. Activations without an edge of chaos are named in a note.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.8, 4.4), constrained_layout=True)
+    curves = list(ds["curve"].values)
+    colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
+    dotted = False
+    for k, name in enumerate(curves):
+        curve = ds.sel(curve=name)
+        if not np.isfinite(curve["eoc_sigma_w"].values).any():
+            continue
+        dotted |= _draw_curve(
+            ax,
+            curve["eoc_sigma_w"].values,
+            curve["eoc_sigma_b"].values,
+            curve["eoc_stable"].values,
+            color=colours(k % colours.N),
+            lw=1.5,
+            label=str(name),
+        )
+    missing = json.loads(ds.attrs.get("no_edge_of_chaos", "{}"))
+    missing = [name for name in curves if name in missing]
+    if missing:
+        ax.text(
+            0.98,
+            0.02,
+            "no edge of chaos: " + ", ".join(missing),
+            ha="right",
+            va="bottom",
+            transform=ax.transAxes,
+            color="0.4",
+            fontsize=8,
+        )
+    ax.set_xlim(0, float(ds["sigma_b"].values[-1]))
+    ax.set_ylim(0, float(ds["sigma_w"].values[-1]))
+    ax.set_xlabel("sigma_b (bias standard deviation)")
+    ax.set_ylabel("sigma_w (weight standard deviation)")
+    ax.set_title("edge of chaos: chi_1 = 1 at the fixed point q*", fontsize=10)
+    ax.grid(alpha=0.3)
+    _stability_legend(ax, dotted, fontsize=8)
+    return _save(fig, path)
