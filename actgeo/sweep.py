@@ -470,7 +470,9 @@ def _open_or_create(config: SweepConfig, store: pathlib.Path, overwrite: bool):
                 "one written by an older actgeo); choose another --out or pass "
                 "--overwrite"
             )
-        return existing["done"].values.copy()
+        done = existing["done"].values.copy()
+        _check_stored_sigma_w(config, store, done, existing["sigma_w"].values)
+        return done
     # Write the empty store beside its final place and move it in at once, so
     # that a run killed meanwhile leaves no half-made store behind.
     partial = store.with_name(store.name + ".partial")
@@ -482,6 +484,32 @@ def _open_or_create(config: SweepConfig, store: pathlib.Path, overwrite: bool):
         store.unlink()
     partial.rename(store)
     return np.zeros((len(config.activations), len(config.datasets)), bool)
+
+
+def _check_stored_sigma_w(
+    config: SweepConfig, store: pathlib.Path, done: np.ndarray, stored: np.ndarray
+) -> None:
+    """Refuses to resume when a done cell's ``sigma_w`` is not what it would be now.
+
+    The settings fix every ``sigma_w`` except the critical ones, which follow
+    :func:`actgeo.theory.critical_sigma_w`; a store finished by a version of
+    the theory that put the edge of chaos elsewhere must not be mixed.
+    """
+    changed = []
+    for i, activation in enumerate(config.activations):
+        for j, dataset in enumerate(config.datasets):
+            now = config.spec(activation, dataset).sigma_w
+            if done[i, j] and not np.isclose(stored[i, j], now, rtol=1e-6, atol=0):
+                changed.append(
+                    f"{activation}/{dataset} stored sigma_w={stored[i, j]:.7g}, "
+                    f"now {now:.7g}"
+                )
+    if changed:
+        raise ValueError(
+            f"out: {store} holds cells whose sigma_w differs from this sweep's "
+            f"({'; '.join(changed)}); choose another --out, or pass --overwrite "
+            "to replace it"
+        )
 
 
 def open_results(out: str | pathlib.Path) -> xr.Dataset:

@@ -289,3 +289,19 @@ def test_store_without_theory_is_refused(swept, tmp_path):
     shutil.rmtree(tmp_path / "results.zarr" / "theory_q")
     with pytest.raises(ValueError, match=r"lacks theory_q .*--overwrite"):
         run_sweep(SweepConfig(**TINY), tmp_path)
+
+
+def test_done_cells_with_another_sigma_w_are_refused(swept, tmp_path):
+    import shutil
+
+    # As when the theory moves a critical sigma_w between two runs.
+    out, _, _ = swept
+    shutil.copytree(out / "results.zarr", tmp_path / "results.zarr")
+    moved = xr.Dataset({"sigma_w": (("activation", "dataset"), np.array([[1.1]]))})
+    moved.to_zarr(
+        tmp_path / "results.zarr",
+        region={"activation": slice(1, 2), "dataset": slice(0, 1)},
+        consolidated=False,
+    )
+    with pytest.raises(ValueError, match=r"tanh/digits stored sigma_w=1\.1, now 1"):
+        run_sweep(SweepConfig(**TINY), tmp_path)
