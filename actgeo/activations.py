@@ -149,7 +149,7 @@ def _angle(c):
 def _relu_kernel(q1, q2, c):
     # Arc-cosine kernel of degree 1 (Cho & Saul 2009).
     theta = _angle(c)
-    scale = jnp.sqrt(q1 * q2) / (2.0 * math.pi)
+    scale = jnp.sqrt(q1) * jnp.sqrt(q2) / (2.0 * math.pi)
     return scale * (jnp.sin(theta) + (math.pi - theta) * jnp.cos(theta))
 
 
@@ -161,7 +161,7 @@ def _relu_slope_kernel(q1, q2, c):
 def _make_leaky_kernels(slope: float):
     # phi = a z + (1 - a) relu(z), and E[u relu(v)] = E[u v] / 2 by symmetry.
     def kernel(q1, q2, c):
-        k = jnp.clip(c, -1.0, 1.0) * jnp.sqrt(q1 * q2)
+        k = jnp.clip(c, -1.0, 1.0) * jnp.sqrt(q1) * jnp.sqrt(q2)
         return slope * k + (1.0 - slope) ** 2 * _relu_kernel(q1, q2, c)
 
     def slope_kernel(q1, q2, c):
@@ -171,7 +171,7 @@ def _make_leaky_kernels(slope: float):
 
 
 def _linear_kernel(q1, q2, c):
-    return jnp.clip(c, -1.0, 1.0) * jnp.sqrt(q1 * q2)
+    return jnp.clip(c, -1.0, 1.0) * jnp.sqrt(q1) * jnp.sqrt(q2)
 
 
 def _linear_slope_kernel(q1, q2, c):

@@ -177,13 +177,22 @@ def q_star(
     def plain(_, log_q):
         return log_q_map(act, log_q, sigma_w, sigma_b, quadrature)
 
+    # Newton only where the slope is clearly below 1: at a marginal fixed
+    # point (relu at sigma_b = 0 on its critical sigma_w, where every q is
+    # fixed) it would divide rounding noise by rounding noise. Steps are
+    # limited to a factor of 2 in q.
+    contracting = 1.0 - 1e3 * jnp.finfo(sigma_w.dtype).eps
+
     def newton(_, log_q):
         q = jnp.exp(jnp.minimum(log_q, log_q_max))
         gap = q_map(act, q, sigma_w, sigma_b, quadrature) - q
         slope = q_slope(act, q, sigma_w, quadrature)
-        safe = jnp.where(slope < 1.0, slope - 1.0, -1.0)
-        new = jnp.log(jnp.maximum(q - gap / safe, q * 1e-3))
-        return jnp.where(slope < 1.0, new, plain(0, log_q))
+        use = slope < contracting
+        safe = jnp.where(use, slope - 1.0, -1.0)
+        new = jnp.clip(
+            jnp.log(jnp.maximum(q - gap / safe, q * 0.5)), None, log_q + math.log(2.0)
+        )
+        return jnp.where(use, new, plain(0, log_q))
 
     log_q = jax.lax.fori_loop(0, iterations, plain, log_q0 + 0.0 * sigma_w)
     log_q = jax.lax.fori_loop(0, 8, newton, log_q)
@@ -306,6 +315,9 @@ def _curve_parts(act: Activation, quadrature: Quadrature | None):
     return _vectorized(parts)
 
 
+_jit_q_map = jax.jit(q_map, static_argnums=(0, 4))
+
+
 def _zero_end(act: Activation, quadrature) -> tuple[float, bool] | None:
     """``(sigma_w, stable)`` of the ``q* -> 0`` end of the curve, if it exists.
 
@@ -321,7 +333,7 @@ def _zero_end(act: Activation, quadrature) -> tuple[float, bool] | None:
         return None
     sigma_w = 1.0 / slope0
     small = 1e-4
-    grows = float(q_map(act, small, sigma_w, 0.0, quadrature)) > small
+    grows = float(_jit_q_map(act, small, sigma_w, 0.0, quadrature)) > small
     return sigma_w, not grows
 
 

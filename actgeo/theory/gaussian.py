@@ -111,24 +111,25 @@ def _normal_rule(
 ) -> tuple[jax.Array, jax.Array]:
     """Nodes and weights of ``E[h(v)]`` for ``v ~ N(mean, std^2)``.
 
-    ``extra`` holds further panel ends (kinks, the activation's scale grid).
-    The weights include the Gaussian density and sum to ``1 - 2e-19``. ``std``
-    must be positive; callers handle a point mass.
+    ``extra`` holds further panel ends in ``v`` (kinks, the activation's scale
+    grid). Panels are laid out in the standardised variable
+    ``z = (v - mean) / std``, so the weights stay exact however small ``std``
+    is next to ``mean``; they include the Gaussian density and sum to
+    ``1 - 2e-19``. ``std`` must be positive; callers handle a point mass.
     """
     dtype = jnp.result_type(mean, std)
-    lo = mean - quadrature.tail * std
-    hi = mean + quadrature.tail * std
-    gauss = mean + std * jnp.asarray(_mirror(quadrature.gauss_ends), dtype)
-    ends = jnp.concatenate([lo[None], gauss, jnp.clip(extra, lo, hi), hi[None]])
-    ends = jnp.sort(ends)
+    tail = quadrature.tail
+    gauss = jnp.asarray(_mirror(quadrature.gauss_ends), dtype)
+    extra_z = jnp.clip((extra - mean) / std, -tail, tail)
+    bounds = jnp.asarray([-tail, tail], dtype)
+    ends = jnp.sort(jnp.concatenate([bounds, gauss, extra_z]))
     a, b = ends[:-1], ends[1:]
     x, w = (jnp.asarray(v, dtype) for v in quadrature.nodes())
     half = 0.5 * (b - a)
-    nodes = (0.5 * (a + b))[:, None] + half[:, None] * x
-    z = (nodes - mean) / std
-    density = jnp.exp(-0.5 * z * z) / (math.sqrt(2.0 * math.pi) * std)
-    weights = half[:, None] * w * density
-    return nodes.reshape(-1), weights.reshape(-1)
+    z = (0.5 * (a + b))[:, None] + half[:, None] * x[None, :]
+    density = jnp.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    weights = half[:, None] * w[None, :] * density
+    return (mean + std * z).reshape(-1), weights.reshape(-1)
 
 
 def _panel_ends(kinks: Sequence[float], quadrature: Quadrature, dtype) -> jax.Array:
@@ -203,7 +204,7 @@ def _pair(
         width = s / jnp.abs(safe_beta)
         grid = jnp.asarray(_mirror(quadrature.gauss_ends), dtype)
         kinks = jnp.asarray(kinks_g, dtype)
-        around = (kinks[:, None] / safe_beta + width * grid).reshape(-1)
+        around = (kinks[:, None] / safe_beta + width * grid[None, :]).reshape(-1)
         pieces.append(jnp.where(steep, around, jnp.zeros_like(around)))
     outer_ends = jnp.concatenate(pieces)
     u, wu = _normal_rule(jnp.zeros_like(q1), std1, outer_ends, quadrature)
