@@ -180,7 +180,7 @@ def _linear_slope_kernel(q1, q2, c):
 
 def _erf_kernel(q1, q2, c):
     # Arcsine kernel (Williams 1997).
-    k = jnp.clip(c, -1.0, 1.0) * jnp.sqrt(q1 * q2)
+    k = jnp.clip(c, -1.0, 1.0) * jnp.sqrt(q1) * jnp.sqrt(q2)
     return (2.0 / math.pi) * jnp.arcsin(
         2.0 * k / jnp.sqrt((1.0 + 2.0 * q1) * (1.0 + 2.0 * q2))
     )
@@ -188,42 +188,40 @@ def _erf_kernel(q1, q2, c):
 
 def _erf_slope_kernel(q1, q2, c):
     # (4 / pi) E[exp(-u^2 - v^2)] = (4 / pi) / sqrt(det(I + 2 Sigma)).
-    k2 = jnp.clip(c, -1.0, 1.0) ** 2 * q1 * q2
-    return (4.0 / math.pi) / jnp.sqrt((1.0 + 2.0 * q1) * (1.0 + 2.0 * q2) - 4.0 * k2)
+    c = jnp.clip(c, -1.0, 1.0)
+    # det(I + 2 Sigma) without cancelling at c = 1 and large q.
+    det = 1.0 + 2.0 * q1 + 2.0 * q2 + 4.0 * q1 * q2 * (1.0 - c) * (1.0 + c)
+    return (4.0 / math.pi) / jnp.sqrt(det)
 
 
 def _gelu_parts(q1, q2, c):
     # E[u Phi(u) v Phi(v)]: write Phi(u) = P(xi_1 < u) with independent standard
     # normals xi, so the kernel is E[u v 1{s > 0} 1{t > 0}] with s = u - xi_1,
-    # t = v - xi_2; Stein's identity to second order gives the terms below.
-    k = jnp.clip(c, -1.0, 1.0) * jnp.sqrt(q1 * q2)
+    # t = v - xi_2; Stein's identity to second order gives the terms below,
+    # arranged as sums of positive terms so nothing cancels at large q.
+    c = jnp.clip(c, -1.0, 1.0)
+    k = c * jnp.sqrt(q1) * jnp.sqrt(q2)
     a = (1.0 + q1) * (1.0 + q2)
-    det = a - k * k
+    # det = a - k^2, written without cancelling at c = 1.
+    det = 1.0 + q1 + q2 + q1 * q2 * (1.0 - c) * (1.0 + c)
     rho = k / jnp.sqrt(a)
-    gamma = 1.0 - q1 / (1.0 + q1) - q2 / (1.0 + q2)
-    bracket = q1 * q2 + gamma * k * k
-    return k, det, rho, gamma, bracket
+    return k, a, det, rho
 
 
 def _gelu_kernel(q1, q2, c):
-    k, det, rho, _, bracket = _gelu_parts(q1, q2, c)
-    return (
-        k / 4.0
-        + k * jnp.arcsin(rho) / (2.0 * math.pi)
-        + bracket / (2.0 * math.pi * jnp.sqrt(det))
-    )
+    k, a, det, rho = _gelu_parts(q1, q2, c)
+    # (q1 q2 det + k^2) / (a sqrt(det)), in factors that do not overflow.
+    bracket = (q1 * q2 / a) * jnp.sqrt(det) + (k * k / a) / jnp.sqrt(det)
+    return k / 4.0 + k * jnp.arcsin(rho) / (2.0 * math.pi) + bracket / (2.0 * math.pi)
 
 
 def _gelu_slope_kernel(q1, q2, c):
     # d/dk of the kernel (Price's theorem).
-    k, det, rho, gamma, bracket = _gelu_parts(q1, q2, c)
-    root = jnp.sqrt(det)
-    return (
-        0.25
-        + jnp.arcsin(rho) / (2.0 * math.pi)
-        + k / (2.0 * math.pi * root)
-        + k * (2.0 * gamma * det + bracket) / (2.0 * math.pi * det * root)
-    )
+    k, a, det, rho = _gelu_parts(q1, q2, c)
+    # k (det (3 + q1 + q2) + k^2) / (a det^1.5), in factors that do not overflow.
+    rest = (k / jnp.sqrt(det)) * ((3.0 + q1 + q2) / a + (k / a) * (k / det))
+    rest = rest / (2.0 * math.pi)
+    return 0.25 + jnp.arcsin(rho) / (2.0 * math.pi) + rest
 
 
 # Built-in activations ------------------------------------------------------------

@@ -416,3 +416,41 @@ def test_a_registered_activation_gets_theory_by_quadrature():
         assert T.critical_sigma_w(act, 0.0) == pytest.approx(1.0)
     finally:
         activations.unregister("softsign_test")
+
+
+def test_deep_ordered_networks_stay_finite_in_float32():
+    with jax.enable_x64(False):
+        relu = T.iterate("relu", 1.0, 0.0, 3000)
+        # q halves every layer: exact in log space far below the float range.
+        log_q = np.asarray(relu.log_q, np.float64)
+        np.testing.assert_allclose(np.diff(log_q), math.log(0.5), atol=1e-3)
+        tanh = T.iterate("tanh", 0.5, 0.0, 3000, c_in=0.3)
+        assert np.all(np.isfinite(np.asarray(tanh.log_q)))
+        omc = np.asarray(tanh.one_minus_c)
+        assert np.all((omc >= 0) & (omc <= 1.0 + 1e-6))
+        pred = T.predict("relu", 0.5, 0.0, 200, width=64, input_dim=16)
+        assert all(np.all(np.isfinite(np.asarray(v))) for v in pred)
+
+
+def test_gelu_closed_forms_hold_at_large_q_in_float32():
+    with jax.enable_x64(False):
+        for q in (1e6, 1e12):
+            # 1/2 + O(q^-1/2), as for relu in the limit.
+            assert float(T.slope_moment("gelu", q)) == pytest.approx(0.5, rel=1e-3)
+            assert float(T.second_moment("gelu", q)) / q == pytest.approx(0.5, 1e-4)
+        pd = T.phase_diagram("gelu", np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.5]))
+        assert np.all(np.isfinite(pd.chi_1)) and np.all(np.isfinite(pd.c_star))
+
+
+def test_searches_run_in_float64_whatever_the_caller_uses():
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match="gelu has no stable edge of chaos"):
+            T.critical_sigma_w("gelu", 0.0)
+        assert T.critical_sigma_w("tanh", 0.0) == 1.0
+
+
+def test_selu_critical_point_averages_the_slopes_on_both_sides_of_zero():
+    # selu's slope jumps at 0 (scale vs scale * alpha): as q -> 0,
+    # E[phi'^2] -> the mean of the two squared slopes.
+    sw = T.critical_sigma_w("selu", 0.0)
+    assert float(T.chi_1("selu", 1e-12, sw)) == pytest.approx(1.0, abs=1e-5)

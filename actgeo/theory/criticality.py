@@ -42,6 +42,8 @@ from actgeo.theory.gaussian import (
 )
 from actgeo.theory.maps import (
     _overflow_q,
+    _safe_q,
+    _underflow_q,
     c_map,
     chi_1,
     chi_c,
@@ -109,10 +111,26 @@ def _vectorized(fn):
     return jax.jit(jax.vmap(fn))
 
 
+def _in_float64(fn):
+    """Runs an eager search in float64 whatever the caller's setting.
+
+    Roots of differences such as ``q - E[phi^2] / E[phi'^2]`` are lost to
+    rounding in float32 at small ``q``.
+    """
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.enable_x64(True):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
 def _is_odd_at_zero(act: Activation) -> bool:
     return float(act.fn(jnp.zeros(()))) == 0.0
 
 
+@_in_float64
 def q_fixed_points(
     activation: str | Activation,
     sigma_w: float,
@@ -184,7 +202,7 @@ def q_star(
     contracting = 1.0 - 1e3 * jnp.finfo(sigma_w.dtype).eps
 
     def newton(_, log_q):
-        q = jnp.exp(jnp.minimum(log_q, log_q_max))
+        q = _safe_q(log_q)
         gap = q_map(act, q, sigma_w, sigma_b, quadrature) - q
         slope = q_slope(act, q, sigma_w, quadrature)
         use = slope < contracting
@@ -196,9 +214,12 @@ def q_star(
 
     log_q = jax.lax.fori_loop(0, iterations, plain, log_q0 + 0.0 * sigma_w)
     log_q = jax.lax.fori_loop(0, 8, newton, log_q)
-    q = jnp.exp(jnp.minimum(log_q, log_q_max))
+    q = _safe_q(log_q)
     gap = q_map(act, q, sigma_w, sigma_b, quadrature) - q
-    escaping = (q_slope(act, q, sigma_w, quadrature) >= 1.0) & (gap > 1e-6 * q)
+    contracts = q_slope(act, q, sigma_w, quadrature) < 1.0
+    escaping = jnp.logical_not(contracts) & (gap > 1e-6 * q)
+    vanishing = log_q < math.log(_underflow_q(log_q.dtype))
+    q = jnp.where(vanishing, jnp.exp(log_q), q)
     return jnp.where(escaping | (log_q > log_q_max), jnp.inf, q)
 
 
@@ -328,15 +349,19 @@ def _zero_end(act: Activation, quadrature) -> tuple[float, bool] | None:
     """
     if not _is_odd_at_zero(act):
         return None
-    slope0 = abs(float(act.derivative(jnp.zeros(()))))
-    if slope0 == 0.0:
+    # E[phi'(u)^2] -> (phi'(0-)^2 + phi'(0+)^2) / 2 as q -> 0 (selu's slope
+    # jumps at 0).
+    sides = act.derivative(jnp.asarray([-1e-12, 1e-12], jnp.float64))
+    slope2 = float(jnp.mean(sides**2))
+    if slope2 == 0.0:
         return None
-    sigma_w = 1.0 / slope0
+    sigma_w = 1.0 / math.sqrt(slope2)
     small = 1e-4
     grows = float(_jit_q_map(act, small, sigma_w, 0.0, quadrature)) > small
     return sigma_w, not grows
 
 
+@_in_float64
 def edge_of_chaos(
     activation: str | Activation,
     q: np.ndarray | None = None,
@@ -380,6 +405,7 @@ def edge_of_chaos(
     return EdgeOfChaos(q_out[order], w_out[order], b_out[order], stable[order])
 
 
+@_in_float64
 def critical_sigma_w(
     activation: str | Activation,
     sigma_b: float = 0.0,
@@ -517,6 +543,7 @@ def _phase_points(act, sigma_w, sigma_b, quadrature, batch):
     return jax.lax.map(point, (sigma_w, sigma_b), batch_size=batch)
 
 
+@_in_float64
 def phase_diagram(
     activation: str | Activation,
     sigma_w: np.ndarray,

@@ -90,6 +90,17 @@ def _overflow_q(dtype) -> float:
     return 1e15 if jnp.finfo(dtype).bits <= 32 else 1e150
 
 
+def _underflow_q(dtype) -> float:
+    # Smallest q the quadrature and the closed forms take without underflow.
+    return 1e-15 if jnp.finfo(dtype).bits <= 32 else 1e-150
+
+
+def _safe_q(log_q: jax.Array) -> jax.Array:
+    """``q`` from ``log q``, clipped into the range the expectations handle."""
+    lo, hi = _underflow_q(log_q.dtype), _overflow_q(log_q.dtype)
+    return jnp.exp(jnp.clip(log_q, math.log(lo), math.log(hi)))
+
+
 def log_q_map(
     activation: str | Activation,
     log_q: jax.Array | float,
@@ -97,22 +108,31 @@ def log_q_map(
     sigma_b: jax.Array | float,
     quadrature: Quadrature | None = None,
 ) -> jax.Array:
-    """``log q'`` from ``log q``, finite where ``q`` overflows.
+    """``log q'`` from ``log q``, finite where ``q`` overflows or underflows.
 
     Past ``q = 1e15`` (float32) or ``1e150`` (float64), ``E[phi(u)^2]`` is
     taken as ``(q / q_max) E[phi(u_max)^2]`` for unbounded activations (exact
     for positively homogeneous ones, the relu family and linear, and to
     relative ``O(q^-1/2)`` for those that grow linearly, such as elu, gelu,
-    silu, softplus), and as ``E[phi(u_max)^2]`` for bounded ones.
+    silu, softplus), and as ``E[phi(u_max)^2]`` for bounded ones. Below
+    ``q = 1e-15`` (``1e-150``) it is taken as ``(q / q_min) E[phi(u_min)^2]``
+    for activations with ``phi(0) = 0`` (exact to ``O(q_min)``), and as the
+    value at ``q_min`` otherwise, so deep ordered networks stay finite too.
     """
     act = get_activation(activation)
     log_q, sigma_w, sigma_b = (_float(v) for v in (log_q, sigma_w, sigma_b))
-    q_max = _overflow_q(log_q.dtype)
-    log_q_safe = jnp.minimum(log_q, math.log(q_max))
-    moment = second_moment(act, jnp.exp(log_q_safe), quadrature)
-    log_moment = jnp.log(moment)
+    q_safe = _safe_q(log_q)
+    log_q_safe = jnp.log(q_safe)
+    log_moment = jnp.log(second_moment(act, q_safe, quadrature))
+    above = jnp.maximum(log_q - log_q_safe, 0.0)
+    below = jnp.minimum(log_q - log_q_safe, 0.0)
     if not act.bounded:
-        log_moment = log_moment + (log_q - log_q_safe)
+        log_moment = log_moment + above
+    with jax.ensure_compile_time_eval():
+        vanishes_at_zero = float(act.fn(jnp.zeros(()))) == 0.0
+    if vanishes_at_zero:
+        # E[phi(u)^2] ~ q (phi'(0-)^2 + phi'(0+)^2) / 2 as q -> 0.
+        log_moment = log_moment + below
     return jnp.logaddexp(2.0 * jnp.log(sigma_w) + log_moment, 2.0 * jnp.log(sigma_b))
 
 
@@ -269,13 +289,12 @@ def iterate(
     q1 = sigma_w**2 * q_in + sigma_b**2
     omc1 = sigma_w**2 * q_in * jnp.clip(omc_in, 0.0, 2.0) / q1
 
-    log_q_max = math.log(_overflow_q(q1.dtype))
-
     def layer(carry, _):
         log_q, omc = carry
-        # The c-map and chi_1 past q_max are taken at q_max (exact for the
-        # positively homogeneous activations whose q can grow that far).
-        q = jnp.exp(jnp.minimum(log_q, log_q_max))
+        # The c-map and chi_1 beyond [q_min, q_max] are taken at the nearer
+        # end (exact in the limit for activations linear near 0 and for the
+        # positively homogeneous ones whose q can grow that far).
+        q = _safe_q(log_q)
         out = (log_q, omc, chi_1(act, q, sigma_w, quadrature))
         nxt = (
             log_q_map(act, log_q, sigma_w, sigma_b, quadrature),

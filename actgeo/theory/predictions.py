@@ -53,7 +53,7 @@ from actgeo.theory.gaussian import (
     pair_moment,
     slope_moment,
 )
-from actgeo.theory.maps import _overflow_q, iterate, q_map
+from actgeo.theory.maps import _overflow_q, _safe_q, iterate, q_map
 from actgeo.theory.validate import check_moments, check_sigma
 
 __all__ = ["LayerPrediction", "abs_t_cdf", "predict", "predict_statistics"]
@@ -129,13 +129,12 @@ def _radial_log_variance(act, sigma_w, sigma_b, log_q, q_in, input_dim, quadratu
     variance is ``r_l / |x|^2``. For the relu family it equals the tangential
     one; for silu it grows faster, for tanh slower.
     """
-    q_cap = _overflow_q(log_q.dtype)
     q1 = jnp.exp(log_q[0])
     start = sigma_w**2 * q_in / q1
 
     def layer(carry, log_q_l):
         rho, mu = carry
-        q = jnp.minimum(jnp.exp(log_q_l), q_cap)
+        q = _safe_q(log_q_l)
         slope2 = slope_moment(act, q, quadrature)
         slope2_z2 = expect(
             lambda u: act.derivative(u) ** 2 * u * u,
