@@ -181,9 +181,8 @@ def _linear_slope_kernel(q1, q2, c):
 def _erf_kernel(q1, q2, c):
     # Arcsine kernel (Williams 1997).
     k = jnp.clip(c, -1.0, 1.0) * jnp.sqrt(q1) * jnp.sqrt(q2)
-    return (2.0 / math.pi) * jnp.arcsin(
-        2.0 * k / jnp.sqrt((1.0 + 2.0 * q1) * (1.0 + 2.0 * q2))
-    )
+    arg = 2.0 * k / jnp.sqrt((1.0 + 2.0 * q1) * (1.0 + 2.0 * q2))
+    return (2.0 / math.pi) * jnp.arcsin(jnp.clip(arg, -1.0, 1.0))
 
 
 def _erf_slope_kernel(q1, q2, c):
@@ -204,7 +203,7 @@ def _gelu_parts(q1, q2, c):
     a = (1.0 + q1) * (1.0 + q2)
     # det = a - k^2, written without cancelling at c = 1.
     det = 1.0 + q1 + q2 + q1 * q2 * (1.0 - c) * (1.0 + c)
-    rho = k / jnp.sqrt(a)
+    rho = jnp.clip(k / jnp.sqrt(a), -1.0, 1.0)  # rounding can pass 1 at large q
     return k, a, det, rho
 
 
