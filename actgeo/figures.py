@@ -268,9 +268,15 @@ def _curve(activation: str) -> tuple[tuple[np.ndarray, ...], str | None]:
         empty = np.zeros(0)
         return (empty, empty, empty, np.zeros(0, bool)), str(err)
     arrays = (eoc.q_star, eoc.sigma_w, eoc.sigma_b, eoc.stable)
-    return tuple(
+    arrays = tuple(
         np.asarray(a, bool if i == 3 else float) for i, a in enumerate(arrays)
-    ), None
+    )
+    if eoc.q_star.size == 0:
+        return arrays, (
+            f"{activation}: chi_1 = 1 at a fixed point of the q-map only where "
+            "sigma_b^2 would be negative"
+        )
+    return arrays, None
 
 
 def theory_dataset(

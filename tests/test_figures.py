@@ -63,3 +63,12 @@ def test_activation_without_edge_of_chaos_is_named(monkeypatch, tmp_path):
     for plot in (figures.plot_phase_diagram, figures.plot_edge_of_chaos):
         path = plot(ds, tmp_path / f"{plot.__name__}.png")
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_theory_dataset_names_activations_without_an_edge_of_chaos():
+    ds = figures.theory_dataset(
+        "tanh", ("tanh", "softplus"), np.array([0.5, 1.5]), np.array([0.0, 0.5])
+    )
+    missing = json.loads(ds.attrs["no_edge_of_chaos"])
+    assert list(missing) == ["softplus"]
+    assert "sigma_b^2 would be negative" in missing["softplus"]
