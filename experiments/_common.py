@@ -250,3 +250,20 @@ def decay_length(gap: np.ndarray, weight: np.ndarray, start: int, stop: int) -> 
     layers = np.arange(start, stop, dtype=float)
     slope, _ = np.polyfit(layers, np.log(segment), 1, w=weight[start:stop])
     return -1.0 / slope if slope < 0 else math.nan
+
+
+def write_outputs(ds: xr.Dataset, out: pathlib.Path, name: str, plot, summary, start):
+    """Saves the numbers, the figure and the table under ``out``; prints the table.
+
+    ``plot(ds, path)`` draws the figure, ``summary(ds)`` returns the table's
+    text; ``start`` is the run's ``time.perf_counter()`` at its beginning.
+    """
+    import time
+
+    out.mkdir(parents=True, exist_ok=True)
+    save(ds, out, name)
+    plot(ds, out / f"{name}.png")
+    text = summary(ds)
+    (out / "table.txt").write_text(text + "\n")
+    print(text)
+    print(f"\nwrote {out} in {time.perf_counter() - start:.1f} s")

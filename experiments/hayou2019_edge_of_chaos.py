@@ -425,13 +425,7 @@ def summary(ds: xr.Dataset) -> str:
 def main(args: Args) -> xr.Dataset:
     start = time.perf_counter()
     ds = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    _common.save(ds, args.out, NAME)
-    plot(ds, args.out / f"{NAME}.png")
-    text = summary(ds)
-    (args.out / "table.txt").write_text(text + "\n")
-    print(text)
-    print(f"\nwrote {args.out} in {time.perf_counter() - start:.1f} s")
+    _common.write_outputs(ds, args.out, NAME, plot, summary, start)
     return ds
 
 

@@ -40,6 +40,7 @@ import numpy as np
 from actgeo.activations import Activation, get_activation
 from actgeo.theory.gaussian import (
     Quadrature,
+    _float,
     length_moment,
     pair_moment,
     second_moment,
@@ -63,13 +64,6 @@ __all__ = [
 # t = 1 - (1 - c) s^2 so that the sqrt(1 - t) behaviour of kinked activations'
 # slope kernels becomes smooth in s.
 _PRICE_ORDER = 12
-
-
-def _float(x) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
-    return x
 
 
 def q_map(
