@@ -140,3 +140,50 @@ def ridge_r2(features, targets, n_train: int, ridge: float) -> float:
     model.fit((x_tr - mu) / rms, targets[:n_train])
     pred = model.predict((x_te - mu) / rms)
     return r2_score(targets[n_train:], pred, multioutput="variance_weighted")
+
+
+# Piecewise-linear activations and activation patterns (float64 NumPy) --------
+
+
+def _leaky_relu(z):
+    return np.where(z > 0, z, 0.01 * z)
+
+
+def _leaky_relu_prime(z):
+    return np.where(z > 0, 1.0, 0.01)
+
+
+def _hard_tanh(z):
+    return np.clip(z, -1.0, 1.0)
+
+
+def _hard_tanh_prime(z):
+    return ((z > -1.0) & (z <= 1.0)).astype(np.float64)
+
+
+ACTIVATIONS["leaky_relu"] = (_leaky_relu, _leaky_relu_prime)
+ACTIVATIONS["hard_tanh"] = (_hard_tanh, _hard_tanh_prime)
+
+# name -> kinks, in increasing order.
+KINKS = {"relu": (0.0,), "leaky_relu": (0.0,), "hard_tanh": (-1.0, 1.0)}
+
+
+def patterns(zs: np.ndarray, activation: str) -> np.ndarray:
+    """Piece index of every preactivation: the number of kinks strictly below."""
+    return sum((zs > k).astype(np.int64) for k in KINKS[activation])
+
+
+def pattern_changes(p: Params, x: np.ndarray, activation: str, residual=None):
+    """Which neurons change piece between consecutive points of ``x (S, D)``.
+
+    Returns a bool array ``(S - 1, L, N)``.
+    """
+    phi, _ = ACTIVATIONS[activation]
+    z = np.asarray(x, np.float64) @ p.w_in.T + p.b_in
+    zs = [z]
+    for w, b in zip(p.w, p.b, strict=True):
+        z_new = phi(z) @ w.T + b
+        z = z_new if residual is None else z + residual * z_new
+        zs.append(z)
+    pat = patterns(np.stack(zs), activation)  # (L, S, N)
+    return np.transpose(pat[:, 1:] != pat[:, :-1], (1, 0, 2))

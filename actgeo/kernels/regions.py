@@ -228,7 +228,7 @@ def _walk(hits, start_pieces, t_end, max_crossings, dtype):
         t_next = times.ravel()[flat]
         found = t_next <= t_end
         record = found & (state["n"] < max_crossings)
-        layer, neuron = jnp.divmod(flat, times.shape[1])
+        layer, neuron = (i.astype(jnp.int32) for i in jnp.divmod(flat, times.shape[1]))
         n = state["n"]
         step = jnp.where(record, steps.ravel()[flat], 0)
         pieces = state["pieces"].at[layer, neuron].add(step)
