@@ -130,7 +130,10 @@ def _check_samples(name, samples, problems):
 
 
 def _vectors(problems, **named):
-    """Float64 copies of 1-D finite vectors of one common dimension."""
+    """Float64 copies of 1-D finite vectors of one common dimension.
+
+    Empty when any is invalid (the problems are appended to ``problems``).
+    """
     out = {}
     for name, value in named.items():
         arr = np.asarray(value, np.float64)
@@ -140,6 +143,8 @@ def _vectors(problems, **named):
             problems.append(f"{name}: contains NaN or inf")
         else:
             out[name] = arr
+    if len(out) != len(named):
+        return {}
     dims = {name: arr.shape[0] for name, arr in out.items()}
     if len(set(dims.values())) > 1:
         problems.append(f"expected vectors of one dimension D, got {dims}")
