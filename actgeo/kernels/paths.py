@@ -696,7 +696,9 @@ def _layer_crossings(act, z, dz, h, mask):
     patt = pattern(act, z)
     changed = (patt != jnp.roll(patt, -1, axis=0)).astype(jnp.int32)
     keep = mask[:, None].astype(jnp.int32)
-    return tuple(jnp.sum(c * keep, axis=0) for c in (hermite, sign, changed))
+    return tuple(
+        jnp.sum(c * keep, axis=0, dtype=jnp.int32) for c in (hermite, sign, changed)
+    )
 
 
 def zero_crossings(
