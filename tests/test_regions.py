@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import _reference as ref
 import jax
@@ -341,6 +342,26 @@ def test_deep_regions_tile_the_square_and_contain_every_sampled_pattern(activati
     )
     layers = np.concatenate(regions.edge_layers)
     assert set(np.unique(layers)) == {-1, *range(L)}
+
+
+def test_zero_bias_regions_with_constant_neurons_tile_the_square():
+    # Without biases, where every first-layer neuron is off the second layer
+    # is exactly 0: its neurons are constant there and on the left piece.
+    # Boundaries coincide too (a second-layer neuron fed by one live neuron
+    # shares its line), so crossing one edge can flip two neurons at once.
+    params, p64, _, _ = _params(seed=17, width=4, sigma_w=1.4, sigma_b=0.0)
+    c, u, v = _plane(18)
+    extent = 4.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the coverage check stays silent
+        regions = count_regions_2d(params, "relu", c, u, v, extent)
+    np.testing.assert_allclose(regions.areas.sum(), (2 * extent) ** 2, rtol=1e-9)
+    flat = regions.patterns[:, 0].sum(axis=1) == 0
+    assert flat.any() and np.all(regions.patterns[flat, 1:] == 0)
+    pat, _ = _grid_patterns(p64, "relu", c, u, v, extent, 201)
+    assert {p.tobytes() for p in pat} <= {
+        p.tobytes() for p in regions.patterns.astype(np.int64)
+    }
 
 
 def test_fine_grid_finds_every_region_of_a_small_net():

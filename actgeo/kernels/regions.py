@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -668,10 +669,35 @@ def _region_constraints(pieces, const, dirs, lower, upper):
     codes = np.concatenate([2 * index[has_lo], 2 * index[has_hi] + 1])
     norm = np.linalg.norm(normals, axis=1)
     moving = norm > 0
-    if np.any(offsets[~moving] < 0):
+    # A point on a kink belongs to the piece on its left (the pattern
+    # convention): a constant neuron needs z > lower and z <= upper.
+    lower_side = codes % 2 == 0
+    if np.any(offsets[~moving] < 0) or np.any(offsets[~moving & lower_side] <= 0):
         return None
     norm = norm[moving]
     return normals[moving] / norm[:, None], offsets[moving] / norm, codes[moving]
+
+
+def _repair(pieces, const, dirs, kinks):
+    """The pattern with constant neurons on their pieces, or ``None`` if it is.
+
+    A neuron whose preactivation does not vary over the plane in this
+    pattern (every input to it is on a flat piece, and with no bias: exactly
+    at a kink) is on the piece :func:`actgeo.activations.pattern` gives its
+    value. Only the first layer with such a mismatch is repaired: later
+    layers' maps depend on it.
+    """
+    flat = ~np.any(dirs != 0, axis=1)  # (L, N)
+    if not flat.any():
+        return None
+    right = np.sum(const[..., None] > kinks, axis=-1)
+    wrong = flat & (right != pieces)
+    if not wrong.any():
+        return None
+    layer = int(np.argmax(wrong.any(axis=1)))
+    fixed = pieces.copy()
+    fixed[layer, wrong[layer]] = right[layer, wrong[layer]]
+    return fixed
 
 
 def _decision_segments(verts, out_c, out_d, tol):
@@ -711,6 +737,21 @@ def _decision_segments(verts, out_c, out_d, tol):
     return segments, classes
 
 
+def _probe_patterns(params64, act, plane64, residual, st):
+    """Activation patterns ``(P, L, N)`` int8 at plane points ``st (P, 2)``."""
+    if not len(st):
+        return []
+    size = len(st)
+    padded = np.concatenate([st, np.zeros((_bucket(size) - size, 2))])
+    with jax.enable_x64(True):
+        center, u, v = plane64
+        s, t = jnp.asarray(padded[:, :1]), jnp.asarray(padded[:, 1:])
+        x = center[None] + s * u[None] + t * v[None]
+        z = preactivations(params64, x, act, residual=residual)
+        pieces = np.asarray(pattern(act, z), np.int8)[:, :size]
+    return list(np.transpose(pieces, (1, 0, 2)))
+
+
 def _bucket(size: int) -> int:
     return max(8, 1 << (size - 1).bit_length())
 
@@ -734,9 +775,13 @@ def count_regions_2d(
     in ``(s, t)``, its polygon is the square cut by the half-planes that keep
     each neuron on its piece, and crossing the edge drawn by neuron ``i``
     gives the neighbour's pattern (that neuron on the next piece; every other
-    neuron is strictly inside its piece at an edge's interior). The affine
-    maps of each BFS frontier are computed in one batched JAX call; the
-    clipping runs in float64 NumPy. Eager only (not jit/vmap-able).
+    neuron is strictly inside its piece at an edge's interior; a neuron
+    that is constant over a region is put on the piece its value gives). The
+    affine maps of each BFS frontier are computed in one batched JAX call in
+    float64, whatever the parameters' dtype, and the clipping runs in float64
+    NumPy. Polygons of area below ``1e-12 extent^2`` are dropped as rounding
+    (coincident boundaries, as with zero biases, leave slivers of ~1e-15).
+    Eager only (not jit/vmap-able).
 
     With a readout (``params.w_out``), the boundary of ``argmax_k f_k`` is
     affine in each region, and its segments are returned (every pair of
@@ -770,12 +815,21 @@ def count_regions_2d(
 
     extent = float(extent)
     _, _, lower, upper = (np.asarray(t, np.float64) for t in _piece_table(act))
-    z0 = preactivations(params, center[None], act, residual=residual)[:, 0]
-    start = np.asarray(pattern(act, z0), np.int8)
+    kinks = np.asarray(act.kinks, np.float64)
+    # The maps are evaluated in float64, so that the lines neighbouring
+    # regions share agree to rounding far below any region's size.
+    with jax.enable_x64(True):
+        params64 = jax.tree.map(
+            lambda a: jnp.asarray(np.asarray(a), jnp.float64), params
+        )
+        plane64 = tuple(jnp.asarray(np.asarray(a), jnp.float64) for a in (center, u, v))
+        z0 = preactivations(params64, plane64[0][None], act, residual=residual)[:, 0]
+        start = np.asarray(pattern(act, z0), np.int8)
     square = extent * np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
     square_labels = np.full(4, -1, np.int64)
     tol = 1e-12 * extent
-    min_area = 1e-18 * extent**2
+    min_area = 1e-12 * extent**2
+    probe_step = 1e-8 * extent
 
     seen = {start.tobytes()}
     frontier = [start]
@@ -785,14 +839,24 @@ def count_regions_2d(
     while frontier:
         size = len(frontier)
         batch = np.stack(frontier + [frontier[0]] * (_bucket(size) - size))
-        maps = _plane_maps(
-            params, jnp.asarray(batch, jnp.int32), center, u, v, residual, act=act
-        )
+        with jax.enable_x64(True):
+            maps = _plane_maps(
+                params64, jnp.asarray(batch, jnp.int32), *plane64, residual, act=act
+            )
         const, dirs, out_c, out_d = (
             None if m is None else np.asarray(m, np.float64)[:size] for m in maps
         )
-        next_frontier = []
+        next_frontier, probes = [], [np.zeros((0, 2))]
         for f, pieces in enumerate(frontier):
+            repaired = _repair(pieces, const[f], dirs[f], kinks)
+            if repaired is not None:
+                # A neuron constant over the region sits on the piece its
+                # value gives, not the one the flip across an edge kept.
+                key = repaired.tobytes()
+                if key not in seen:
+                    seen.add(key)
+                    next_frontier.append(repaired)
+                continue
             cut = _region_constraints(pieces, const[f], dirs[f], lower, upper)
             if cut is None:
                 continue
@@ -808,7 +872,8 @@ def count_regions_2d(
                 segs, pairs = _decision_segments(verts, out_c[f], out_d[f], tol)
                 decision += segs
                 decision_classes += pairs
-            for code in labels[labels >= 0]:
+            inner = np.flatnonzero(labels >= 0)
+            for code in labels[inner]:
                 flat, side = divmod(int(code), 2)
                 neighbour = pieces.copy()
                 neighbour.reshape(-1)[flat] += 1 if side else -1
@@ -816,6 +881,22 @@ def count_regions_2d(
                 if key not in seen:
                     seen.add(key)
                     next_frontier.append(neighbour)
+            # Where boundaries coincide, crossing an edge flips several
+            # neurons: the pattern just beyond each edge's midpoint finds
+            # that neighbour too (polygons are counter-clockwise).
+            p, q = verts[inner], np.roll(verts, -1, axis=0)[inner]
+            outward = np.stack([q[:, 1] - p[:, 1], p[:, 0] - q[:, 0]], axis=1)
+            length = np.linalg.norm(outward, axis=1, keepdims=True)
+            keep = length[:, 0] > tol
+            outward = outward[keep] / length[keep]
+            probes.append(0.5 * (p + q)[keep] + probe_step * outward)
+        for neighbour in _probe_patterns(
+            params64, act, plane64, residual, np.concatenate(probes)
+        ):
+            key = neighbour.tobytes()
+            if key not in seen:
+                seen.add(key)
+                next_frontier.append(neighbour)
         if len(polygons) + len(next_frontier) > max_regions:
             raise ValueError(
                 f"count_regions_2d: more than max_regions={max_regions} linear "
@@ -825,6 +906,15 @@ def count_regions_2d(
             )
         frontier = next_frontier
 
+    covered = float(np.sum(areas)) / (2 * extent) ** 2
+    if abs(covered - 1.0) > 1e-6:
+        warnings.warn(
+            f"count_regions_2d: the regions found cover {covered:.9f} of the "
+            "square, not all of it; boundaries that coincide exactly can hide "
+            "regions from the search, so the count may be off",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return PlaneRegions(
         count=len(polygons),
         polygons=polygons,
