@@ -52,8 +52,8 @@ from actgeo.networks import MLPParams
 __all__ = [
     "Crossings",
     "Path",
+    "PathMeasures",
     "Plane",
-    "Trajectory",
     "circle",
     "circle_through",
     "great_circle",
@@ -481,7 +481,7 @@ def _intervals(path: Path) -> jax.Array:
     return jnp.concatenate([t[1:] - t[:-1], (t[:1] + 2.0 * jnp.pi) - t[-1:]])
 
 
-class Trajectory(NamedTuple):
+class PathMeasures(NamedTuple):
     """Length and curvature of a path's image, layer by layer.
 
     Leading axis ``L + 1``: index 0 is the input path, index ``l`` the
@@ -545,7 +545,7 @@ def trajectory(
     activation: str | Activation,
     *,
     residual: float | jax.Array | None = None,
-) -> Trajectory:
+) -> PathMeasures:
     """Length, curvature and Gauss-map length of ``z^l(x(t))`` for every layer.
 
     ``v = dz/dt`` and ``a = d^2z/dt^2`` start from the path's analytic
@@ -571,7 +571,7 @@ def trajectory(
       residual: residual scale ``alpha`` (traced), or ``None``.
 
     Returns:
-      :class:`Trajectory` with leading axis ``L + 1`` (index 0 the input).
+      :class:`PathMeasures` with leading axis ``L + 1`` (index 0 the input).
     """
     act = get_activation(activation)
     _check_path(params, path)
@@ -610,7 +610,7 @@ def trajectory(
         kinked = (jnp.arange(kappa.shape[0]) >= 2)[:, None]
         kappa = jnp.where(kinked, jnp.nan, kappa)
         mean_kappa = jnp.where(kinked[:, 0], jnp.nan, mean_kappa)
-    return Trajectory(
+    return PathMeasures(
         length=jnp.exp(log_length),
         log10_length=log_length / math.log(10.0),
         speed=jnp.exp(log_speed),
