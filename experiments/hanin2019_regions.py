@@ -53,6 +53,7 @@ import tyro
 import xarray as xr
 from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from scipy import integrate, stats
 from tqdm.auto import tqdm
 
@@ -324,8 +325,9 @@ def plot(ds: xr.Dataset, path: pathlib.Path) -> None:
         layers = ds["layer"][:depth]
         ax_a.plot(layers, per_layer[:depth], "o-", color=colors[k], label=f"L={depth}")
         ax_a.plot(layers, theory[:depth], "--", color=colors[k], lw=1)
+    ax_a.plot([], [], "k--", lw=1, label="theory (arc)")
     ax_a.set(xlabel="layer l", ylabel="sign changes per neuron per segment")
-    ax_a.set_title("(a) changes per neuron, per layer (dashed: arc theory)")
+    ax_a.set_title("(a) changes per neuron, by layer", fontsize=10)
     ax_a.legend(fontsize=8)
 
     measured = _per_unit_length(ds)
@@ -339,8 +341,9 @@ def plot(ds: xr.Dataset, path: pathlib.Path) -> None:
         xlabel="depth L",
         ylabel="changes / (length L N)",
     )
+    ax_b.xaxis.set_minor_formatter(NullFormatter())
     ax_b.set_ylim(0, None)
-    ax_b.set_title("(a) regions per unit length / neurons")
+    ax_b.set_title("(a) changes / (length x neurons)", fontsize=10)
     ax_b.legend(fontsize=8)
 
     scaled = ds["region_distance"] * ds["neurons"]
@@ -361,8 +364,9 @@ def plot(ds: xr.Dataset, path: pathlib.Path) -> None:
         xlabel="depth L",
         ylabel="distance x L N",
     )
+    ax_c.xaxis.set_minor_formatter(NullFormatter())
     ax_c.set_ylim(0, None)
-    ax_c.set_title("(b) distance to the nearest boundary x neurons")
+    ax_c.set_title("(b) distance to nearest boundary x neurons", fontsize=10)
     ax_c.legend(fontsize=8)
 
     _plot_partition(ds, ax_d)
