@@ -21,7 +21,7 @@ def test_pennington_tiny_end_to_end(tmp_path):
         members=3,
         depth=4,
         inputs=1,
-        activations=("linear", "relu"),
+        activations=("relu",),
         progress=False,
     )
     ds = pennington.main(args)
@@ -32,10 +32,10 @@ def test_pennington_tiny_end_to_end(tmp_path):
     for var in ds.data_vars:
         assert var in stored
     assert list(stored["layer"].values) == [1, 2, 4]
-    # Linear orthogonal networks are exact isometries (times sigma_w^l = 1).
-    lin = stored.sel(activation="linear", init="orthogonal")
-    np.testing.assert_allclose(lin["mean_measured"], 1.0, rtol=1e-5)
-    np.testing.assert_allclose(lin["variance_measured"], 0.0, atol=1e-5)
+    # A square orthogonal first layer: W W^T = sigma_w^2 I exactly.
+    first = stored.sel(activation="relu", init="orthogonal", layer=1)
+    np.testing.assert_allclose(first["mean_measured"], 2.0, rtol=1e-5)
+    np.testing.assert_allclose(first["variance_measured"], 0.0, atol=1e-5)
     # relu theory: v = 2l - 1 (Gaussian), l - 1 (orthogonal), mean sigma_w^2.
     relu = stored.sel(activation="relu")
     np.testing.assert_allclose(

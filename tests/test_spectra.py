@@ -229,7 +229,7 @@ def test_summary_moments_and_histogram():
     log_sv = _log_sv(_mlp(p, jnp.float32), jnp.asarray(x, jnp.float32), None,
                      activation="tanh")  # fmt: skip
     bins = Bins(-4.0, 4.0, 64)
-    s = spectra.summarize_spectrum(log_sv, N, bins)
+    s = jax.jit(spectra.summarize_spectrum, static_argnums=(1, 2))(log_sv, N, bins)
     lam = np.linalg.eigvalsh(js @ np.swapaxes(js, -1, -2))  # (L, B, N): 3 zeros
     np.testing.assert_allclose(s.mean, lam.mean(-1), rtol=1e-5)
     np.testing.assert_allclose(s.variance, lam.var(-1), rtol=1e-4)
@@ -249,7 +249,7 @@ def test_summary_moments_and_histogram():
 
 def test_summary_of_huge_spreads_stays_finite():
     log_sv = jnp.asarray([[300.0, 0.0, -300.0]], jnp.float32)
-    s = spectra.summarize_spectrum(log_sv, 4)
+    s = jax.jit(spectra.summarize_spectrum, static_argnums=1)(log_sv, 4)
     # mean = e^600 / 4 overflows; its log and v do not.
     np.testing.assert_allclose(s.log_mean, 600.0 - math.log(4.0), rtol=1e-6)
     np.testing.assert_allclose(s.normalized_variance, 3.0, rtol=1e-5)
@@ -318,6 +318,11 @@ def test_bad_input():
 
 # Theory: closed forms
 
+_moments = jax.jit(
+    jacobian_spectrum_moments,
+    static_argnames=("activation", "depth", "init", "width", "input_dim"),
+)
+
 
 @pytest.mark.parametrize(
     ("activation", "sigma_w", "init", "per_layer", "first"),
@@ -329,7 +334,7 @@ def test_bad_input():
     ],
 )
 def test_theory_closed_forms(activation, sigma_w, init, per_layer, first):
-    m = jacobian_spectrum_moments(activation, sigma_w, 0.0, 6, 0.7, init=init)
+    m = _moments(activation, sigma_w, 0.0, 6, 0.7, init=init)
     layers = np.arange(1, 7)
     np.testing.assert_allclose(m.normalized_variance, first + per_layer * (layers - 1),
                                atol=1e-6)  # fmt: skip
@@ -344,13 +349,13 @@ def test_theory_first_layer_shape_and_mean():
         ("orthogonal", 16, 64, 0.0),
     ):
         m = jacobian_spectrum_moments(
-            "linear", 1.3, 0.0, 3, init=init, width=n, input_dim=d
+            "linear", 1.3, 0.0, 1, init=init, width=n, input_dim=d
         )
         np.testing.assert_allclose(m.normalized_variance[0], v, rtol=1e-6)
     # Mean: sigma_w^2 times chi_1 of the earlier layers.
     sw, sb, q_in = 1.7, 0.3, 0.8
-    m = jacobian_spectrum_moments("tanh", sw, sb, 5, q_in)
-    log_q = iterate("tanh", sw, sb, 5, q_in).log_q
+    m = _moments("tanh", sw, sb, 5, q_in)
+    log_q = jax.jit(iterate, static_argnums=(0, 3))("tanh", sw, sb, 5, q_in).log_q
     chis = np.asarray(jax.vmap(lambda lq: chi_1("tanh", jnp.exp(lq), sw))(log_q))
     want = sw**2 * np.concatenate([[1.0], np.cumprod(chis[:-1])])
     np.testing.assert_allclose(m.mean, want, rtol=1e-5)
