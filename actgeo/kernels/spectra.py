@@ -35,6 +35,16 @@ Lyapunov exponents, and the graded ``U D T`` products of Loh et al. 1992):
    disjoint rotations at once, sweeps repeated until every cosine is below
    ``sqrt(D) eps`` (at most ``max_sweeps``).
 
+Accuracy. Every step is backward stable per factor, so the result is as
+accurate as the factors determine it: for products whose factors stretch the
+same directions in the same order (random networks at depth, by Oseledets'
+theorem, and the graded products in the tests) the small singular values
+come out to high relative accuracy (float32: ``1e-3`` in ``log sigma`` over a
+526-nat spread at depth 200; ``2e-2`` for the smallest of a width-256 tanh
+network, whose factors have condition numbers near ``N``). Where consecutive
+factors stretch opposite orderings, a relative ``eps`` perturbation of a
+factor itself moves the small singular values, and no method recovers them.
+
 Zero singular values. A relu network's ``J`` loses rank where units are off;
 in exact arithmetic those singular values are 0. Rounding leaves them
 tiny-but-finite: about ``eps`` times the scale of the neighbouring
