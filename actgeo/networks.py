@@ -204,6 +204,12 @@ def _sample_member(key, sigma_w, sigma_b, *, shape, init, dtype):
 def _sample_members(key, members, sigma_w, sigma_b, *, shape, init, dtype):
     keys = member_keys(key, members)
     draw = functools.partial(_sample_member, shape=shape, init=init, dtype=dtype)
+    if init == "orthogonal":
+        # One member at a time: XLA's CPU runtime was seen to deadlock when
+        # many members' QR factorisations were scheduled concurrently
+        # (jaxlib 0.10.2, 4 members of depth 24 at width 64). Each member's
+        # layers still share one batched QR.
+        return jax.lax.map(lambda k: draw(k, sigma_w, sigma_b), keys)
     return jax.vmap(draw, in_axes=(0, None, None))(keys, sigma_w, sigma_b)
 
 

@@ -129,20 +129,11 @@ def _measure(params, x, *, activation, layers, width):
 
 
 def _measure_members(measure, spec, members, key, chunk=CHUNK):
-    """``measure`` over members ``0..members-1``, ``chunk`` at a time (NumPy).
-
-    Members are drawn one at a time and stacked: on the 2-core CPU this was
-    written on, drawing many orthogonal members at once in one
-    :func:`actgeo.sample` call (about 128 or more 64 x 64 QRs) stalled
-    inside XLA, while single draws do not.
-    """
+    """``measure`` over members ``0..members-1``, ``chunk`` at a time (NumPy)."""
     outs = []
     for start in range(0, members, chunk):
-        index = range(start, min(start + chunk, members))
-        draws = [
-            actgeo.sample(spec, jnp.asarray([i], jnp.uint32), key=key) for i in index
-        ]
-        params = jax.tree.map(lambda *a: jnp.concatenate(a), *draws)
+        index = jnp.arange(start, min(start + chunk, members), dtype=jnp.uint32)
+        params = actgeo.sample(spec, index, key=key)
         outs.append(jax.tree.map(np.asarray, measure(params)))
     return tuple(np.concatenate(parts) for parts in zip(*outs, strict=True))
 

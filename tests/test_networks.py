@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -268,6 +270,23 @@ def test_orthogonal_init():
     diagonal = np.diagonal(np.asarray(params.w) / sw, axis1=-2, axis2=-1)
     spread = 1 / (n * math.sqrt(ORTHO_MEMBERS * (ORTHO.depth - 1)))
     assert abs(diagonal.mean()) < 5 * spread, diagonal.mean()
+
+
+def test_orthogonal_ensemble_finishes():
+    # Many members' QR factorisations in one call once deadlocked XLA's CPU
+    # runtime (4 members of depth 24 at width 64 never returned). A fresh
+    # process, so that a hang fails this test instead of the whole run.
+    script = (
+        "import jax, actgeo\n"
+        "spec = actgeo.NetworkSpec(64, 64, 24, 'tanh', init='orthogonal')\n"
+        "p = actgeo.sample(spec, 8, key=jax.random.key(0))\n"
+        "print(float(abs(p.w).sum()) > 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
 
 
 # Errors

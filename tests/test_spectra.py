@@ -392,13 +392,7 @@ def test_theory_bad_input():
 
 def _measured_moments(spec, members, seed, q_in):
     """Per-member, per-layer mean and variance of ``lambda``: ``(E, L)`` each."""
-    # One member per draw: many orthogonal QRs in one actgeo.sample call
-    # stalled inside XLA on a 2-core CPU.
-    draws = [
-        actgeo.sample(spec, jnp.asarray([i], jnp.uint32), key=jax.random.key(seed))
-        for i in range(members)
-    ]
-    params = jax.tree.map(lambda *a: jnp.concatenate(a), *draws)
+    params = actgeo.sample(spec, members, key=jax.random.key(seed))
     x = np.random.default_rng(seed).normal(size=(1, spec.input_dim))
     x *= math.sqrt(spec.input_dim * q_in) / np.linalg.norm(x)
 
