@@ -364,6 +364,20 @@ def test_zero_bias_regions_with_constant_neurons_tile_the_square():
     }
 
 
+def test_square_centred_where_every_boundary_meets():
+    # Zero biases and the square centred on the origin: every first-layer
+    # line passes through the center, whose own pattern (all neurons on the
+    # left piece of relu) is a region of zero area. The N lines through one
+    # point cut the square into 2 N sectors.
+    params, _, _, _ = _params(seed=19, depth=1, sigma_b=0.0)
+    _, u, v = _plane(20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        regions = count_regions_2d(params, "relu", np.zeros(D, np.float32), u, v, 2.0)
+    assert regions.count == 2 * N
+    np.testing.assert_allclose(regions.areas.sum(), 16.0, rtol=1e-9)
+
+
 def test_fine_grid_finds_every_region_of_a_small_net():
     params, p64, _, _ = _params(seed=13, depth=2, width=5, sigma_b=0.5)
     c, u, v = _plane(14)

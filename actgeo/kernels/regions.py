@@ -752,6 +752,9 @@ def _probe_patterns(params64, act, plane64, residual, st):
     return list(np.transpose(pieces, (1, 0, 2)))
 
 
+_SEED_GRID = 8  # seeds per side of the square, besides its center
+
+
 def _bucket(size: int) -> int:
     return max(8, 1 << (size - 1).bit_length())
 
@@ -770,7 +773,8 @@ def count_regions_2d(
     """The exact partition of a square of a plane into linear regions.
 
     The square is ``{center + s u + t v : |s|, |t| <= extent}``. Starting
-    from the region of ``center``, a breadth-first search visits regions
+    from the regions of ``center`` and of an 8 x 8 grid of points, a
+    breadth-first search visits regions
     across their edges: a region's pattern makes every preactivation affine
     in ``(s, t)``, its polygon is the square cut by the half-planes that keep
     each neuron on its piece, and crossing the edge drawn by neuron ``i``
@@ -823,19 +827,28 @@ def count_regions_2d(
             lambda a: jnp.asarray(np.asarray(a), jnp.float64), params
         )
         plane64 = tuple(jnp.asarray(np.asarray(a), jnp.float64) for a in (center, u, v))
-        z0 = preactivations(params64, plane64[0][None], act, residual=residual)[:, 0]
-        start = np.asarray(pattern(act, z0), np.int8)
+    # The search starts from the regions of the center and of a grid of cell
+    # centres: a center on a boundary (with zero biases every first-layer
+    # boundary passes through the origin) has a pattern whose region may be
+    # a single point.
+    grid = (np.arange(_SEED_GRID) + 0.5) / _SEED_GRID * 2.0 - 1.0
+    cells = np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2)
+    seeds = np.concatenate([np.zeros((1, 2)), extent * cells])
+    starts = _probe_patterns(params64, act, plane64, residual, seeds)
     square = extent * np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
     square_labels = np.full(4, -1, np.int64)
     tol = 1e-12 * extent
     min_area = 1e-12 * extent**2
     probe_step = 1e-8 * extent
 
-    seen = {start.tobytes()}
-    frontier = [start]
+    seen, frontier = set(), []
+    for start in starts:
+        if start.tobytes() not in seen:
+            seen.add(start.tobytes())
+            frontier.append(start)
     polygons, edge_layers, patterns, areas = [], [], [], []
     decision, decision_classes = [], []
-    width = start.shape[1]
+    width = frontier[0].shape[1]
     while frontier:
         size = len(frontier)
         batch = np.stack(frontier + [frontier[0]] * (_bucket(size) - size))
