@@ -44,6 +44,7 @@ from actgeo.kernels.regions import (
     walk_segment,
 )
 from actgeo.kernels.spectra import (
+    SPECTRUM_BINS,
     SpectrumSummary,
     log_singular_values,
     product_log_singular_values,
@@ -57,6 +58,7 @@ from actgeo.kernels.statistics import (
 )
 
 __all__ = [
+    "SPECTRUM_BINS",
     "Bins",
     "Crossings",
     "Distances",
