@@ -1,0 +1,16 @@
+"""Flax NNX models whose parameters the kernels can measure.
+
+* :class:`MLP` (and :class:`ResidualMLP`): the random network of a
+  :class:`~actgeo.networks.NetworkSpec`, initialised bit for bit as
+  :func:`actgeo.sample` draws it, trainable with optax.
+* :func:`ensemble` and :func:`member`: ``E`` models as one state with a
+  leading member axis, for ``jax.vmap``.
+* :mod:`.adapter`: from a model to the kernels' inputs.
+
+Importing this package imports Flax; :mod:`actgeo.kernels` never does.
+"""
+
+from actgeo.models.mlp import MLP, ResidualMLP
+from actgeo.models.stacked import ensemble, member, members
+
+__all__ = ["MLP", "ResidualMLP", "ensemble", "member", "members"]
