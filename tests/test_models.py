@@ -24,6 +24,8 @@ KEY = jax.random.key(7)
 TANH = actgeo.NetworkSpec(5, 6, 3, "tanh", sigma_b=0.2, readout=3)
 RELU_RES = actgeo.NetworkSpec(5, 6, 3, "relu", sigma_b=0.1, residual=0.5)
 ORTHO = actgeo.NetworkSpec(5, 6, 3, "gelu", init="orthogonal", readout=3)
+# Few bins: the statistics compile faster; the comparisons are as strict.
+CONFIG = actgeo.kernels.StatsConfig(bins=actgeo.kernels.Bins(-6.0, 6.0, 96))
 
 
 def _x(b=4, d=5, seed=0):
@@ -175,3 +177,109 @@ def _assert_close(a: MLPParams, b: MLPParams, rtol=1e-5, atol=1e-6):
     for name, u, v in zip(MLPParams._fields, a, b, strict=True):
         if u is not None:
             np.testing.assert_allclose(u, v, rtol=rtol, atol=atol, err_msg=name)
+
+
+# Adapter: the kernels' numbers through both routes.
+
+
+def _stats_fields_close(got, want, with_rep=True):
+    for field in ("q", "correlation", "log10_jacobian_norm", "saturated"):
+        np.testing.assert_allclose(
+            getattr(got, field), getattr(want, field), rtol=1e-9, err_msg=field
+        )
+    np.testing.assert_allclose(
+        got.retention_first, want.retention_first, rtol=1e-7, atol=1e-9
+    )
+    for field in ("delta_in", "region") + (("delta_rep",) if with_rep else ()):
+        a, b = getattr(got, field), getattr(want, field)
+        np.testing.assert_allclose(a.log_sum, b.log_sum, rtol=1e-9, err_msg=field)
+        # A value within rounding of a bin edge may change bins.
+        drift = np.cumsum(a.counts, -1) - np.cumsum(b.counts, -1)
+        assert np.abs(drift).sum() <= 2, field
+        np.testing.assert_array_equal(a.n_inf, b.n_inf)
+
+
+@pytest.mark.parametrize("spec", [TANH, RELU_RES], ids=["tanh", "res"])
+def test_kernels_on_as_params_equal_measure_function_on_trained_model(spec):
+    with jax.enable_x64(True):
+        model = _perturbed(models.MLP(spec, key=KEY, dtype=jnp.float64))
+        params = models.as_params(model)
+        x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 5)))
+        probe = jnp.asarray(np.random.default_rng(2).normal(size=(12, 5)))
+        act, alpha = spec.activation, spec.residual
+        fast = jax.jit(
+            lambda p: actgeo.kernels.layer_statistics(
+                p, x, act, probe_x=probe, residual=alpha, config=CONFIG
+            )
+        )(params)
+        fn = models.preactivation_fn(model)
+        general = jax.jit(
+            lambda norms: actgeo.kernels.measure_function(
+                fn, x, act, probe_x=probe, row_norms=norms, config=CONFIG
+            )
+        )(models.row_norms(model))
+        _stats_fields_close(general, fast)
+
+        # Distances and Jacobians against the float64 NumPy chain rule.
+        zs, js = ref.forward(_ref_params(params), np.asarray(x), act, alpha)
+        d_in, d_rep, region = ref.distances(_ref_params(params), zs, js, alpha)
+        got = jax.jit(
+            lambda p: actgeo.kernels.neuron_distances(p, x, act, residual=alpha)
+        )(params)
+        np.testing.assert_allclose(got.delta_in, d_in, rtol=1e-9)
+        np.testing.assert_allclose(got.delta_rep, d_rep, rtol=1e-9)
+        np.testing.assert_allclose(got.region, region, rtol=1e-9)
+        jac = jax.jit(jax.vmap(jax.jacfwd(fn)))(x)
+        np.testing.assert_allclose(np.stack(jac), js, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            model.preactivations(x),
+            actgeo.kernels.preactivations(params, x, act, residual=alpha),
+            rtol=1e-12,
+            atol=1e-14,
+        )
+    # The perturbation moved every parameter away from initialisation.
+    init = models.MLP(spec, key=KEY).params()
+    assert all(
+        not np.allclose(a, b, atol=1e-3)
+        for a, b in zip(init, params, strict=True)
+        if a is not None
+    )
+
+
+class TwoLayer(nnx.Module):
+    """A user's own model: two nnx.Linear layers with tanh between them."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.first = nnx.Linear(3, 4, rngs=rngs)
+        self.second = nnx.Linear(4, 4, rngs=rngs)
+
+    def preactivations(self, x):
+        z1 = self.first(x)
+        return [z1, self.second(jnp.tanh(z1))]
+
+
+def test_preactivation_fn_on_a_users_own_module():
+    model = TwoLayer(nnx.Rngs(0))
+    x = np.random.default_rng(4).normal(size=(5, 3))
+    fn = models.preactivation_fn(model)
+    stats = jax.jit(
+        lambda v: actgeo.kernels.measure_function(fn, v, "tanh", config=CONFIG)
+    )(jnp.asarray(x, jnp.float32))
+    k1, b1 = (np.asarray(a, np.float64) for a in (model.first.kernel, model.first.bias))
+    k2 = np.asarray(model.second.kernel, np.float64)
+    b2 = np.asarray(model.second.bias, np.float64)
+    z1 = x @ k1 + b1
+    z2 = np.tanh(z1) @ k2 + b2
+    # J^1 = k1^T, J^2 = k2^T diag(tanh'(z1)) k1^T, per input.
+    j2 = np.einsum("mn,bm,dm->bnd", k2, 1 / np.cosh(z1) ** 2, k1)
+    log_jac = [
+        np.log10(np.linalg.norm(k1)),
+        np.mean(np.log10(np.linalg.norm(j2.reshape(5, -1), axis=-1))),
+    ]
+    np.testing.assert_allclose(stats.log10_jacobian_norm, log_jac, rtol=1e-5)
+    q = [np.mean(np.sum(z**2, -1)) / 4 for z in (z1, z2)]
+    np.testing.assert_allclose(stats.q, q, rtol=1e-5)
+    with pytest.raises(TypeError, match="preactivations"):
+        models.preactivation_fn(nnx.Linear(3, 4, rngs=nnx.Rngs(0)))
+    with pytest.raises(TypeError, match=r"as_params takes an actgeo\.models\.MLP"):
+        models.as_params(model)

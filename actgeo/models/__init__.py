@@ -10,7 +10,19 @@
 Importing this package imports Flax; :mod:`actgeo.kernels` never does.
 """
 
+from actgeo.models import adapter
+from actgeo.models.adapter import as_params, preactivation_fn, row_norms
 from actgeo.models.mlp import MLP, ResidualMLP
 from actgeo.models.stacked import ensemble, member, members
 
-__all__ = ["MLP", "ResidualMLP", "ensemble", "member", "members"]
+__all__ = [
+    "MLP",
+    "ResidualMLP",
+    "adapter",
+    "as_params",
+    "ensemble",
+    "member",
+    "members",
+    "preactivation_fn",
+    "row_norms",
+]
