@@ -283,3 +283,132 @@ def test_preactivation_fn_on_a_users_own_module():
         models.preactivation_fn(nnx.Linear(3, 4, rngs=nnx.Rngs(0)))
     with pytest.raises(TypeError, match=r"as_params takes an actgeo\.models\.MLP"):
         models.as_params(model)
+
+
+# CNN: shapes (8, 8, 1) as for the digits images.
+
+IMAGE = (8, 8, 1)
+
+
+def _conv_ref(x, kernel):
+    """Same-padded 3x3 convolution in float64 NumPy, tap by tap."""
+    x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+    b, h, w, _ = x.shape
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros((b, h, w, kernel.shape[-1]))
+    for dy in range(3):
+        for dx in range(3):
+            out += padded[:, dy : dy + h, dx : dx + w, :] @ kernel[dy, dx]
+    return out
+
+
+def _cnn_ref(p: models.CNNParams, x, phi):
+    """Per-layer preactivations ``(L, B, H, W, C)`` and logits, float64."""
+    z = _conv_ref(x, p.w_in) + np.asarray(p.b_in, np.float64)
+    zs = [z]
+    for w, b in zip(p.w, p.b, strict=True):
+        z = _conv_ref(phi(z), w) + np.asarray(b, np.float64)
+        zs.append(z)
+    pooled = phi(z).mean(axis=(1, 2))
+    logits = pooled @ np.asarray(p.w_out, np.float64).T + np.asarray(p.b_out)
+    return np.stack(zs), logits
+
+
+def _images(b=3, seed=5):
+    return jnp.asarray(
+        np.random.default_rng(seed).normal(size=(b, *IMAGE)), jnp.float32
+    )
+
+
+@pytest.mark.parametrize(
+    ("activation", "phi"),
+    [("tanh", np.tanh), (jnp.sin, np.sin)],
+    ids=["registered", "callable"],
+)
+def test_cnn_forward_matches_float64_convolution(activation, phi):
+    model = models.CNN(IMAGE, 3, 2, 4, activation, sigma_b=0.2, key=KEY)
+    x = _images()
+    zs, logits = _cnn_ref(model.params(), x, phi)
+    z = model.preactivations(x)
+    assert z.shape == (2, 3, 8 * 8 * 3)
+    np.testing.assert_allclose(z, zs.reshape(2, 3, -1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model(x), logits, rtol=1e-4, atol=1e-5)
+
+
+def test_cnn_initialisation_variance_and_orthogonality():
+    sigma_w, sigma_b = 1.3, 0.4
+    gauss = models.CNN(
+        IMAGE, 12, 3, 10, "relu", sigma_w=sigma_w, sigma_b=sigma_b, key=KEY
+    ).params()
+    # Entry variance sigma_w^2 / fan_in, fan_in = 9 C_in; a chi-square with
+    # n degrees of freedom has relative sd sqrt(2 / n): 5 sd of slack.
+    for w, fan_in in ((gauss.w, 9 * 12), (gauss.w_out, 12)):
+        n = w.size
+        var = float(jnp.mean(w**2))
+        assert abs(var * fan_in / sigma_w**2 - 1) < 5 * np.sqrt(2 / n), var
+    biases = np.concatenate([gauss.b_in, gauss.b.ravel(), gauss.b_out])
+    assert abs(np.mean(biases**2) / sigma_b**2 - 1) < 5 * np.sqrt(2 / biases.size)
+
+    ortho = models.CNN(
+        IMAGE, 3, 2, 4, "relu", init="orthogonal", sigma_w=sigma_w, key=KEY
+    ).params()
+    # Reshaped to (C_out, 9 C_in), a kernel with C_out <= 9 C_in has
+    # orthonormal rows times sigma_w.
+    for kernel in (ortho.w_in, ortho.w[0]):
+        m = np.asarray(kernel, np.float64).transpose(3, 0, 1, 2).reshape(3, -1)
+        np.testing.assert_allclose(m @ m.T, sigma_w**2 * np.eye(3), atol=1e-5)
+
+
+def test_cnn_ensemble_members_equal_single_models_and_train_under_vmap():
+    def factory(key, i):
+        return models.CNN(IMAGE, 3, 2, 4, "relu", init="orthogonal", key=key, member=i)
+
+    graphdef, state = models.ensemble(factory, 3, KEY)
+    assert models.members(state) == 3
+    for i in (0, 2):
+        one = models.member(graphdef, state, i).params()
+        alone = factory(KEY, i).params()
+        for name, a, b in zip(models.CNNParams._fields, one, alone, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    w = np.asarray(state["w_in"][...])
+    assert not np.allclose(w[0], w[1])
+    # With rngs instead of a key: the params stream's key.
+    with_rngs = models.CNN(IMAGE, 3, 2, 4, "relu", rngs=nnx.Rngs(params=3))
+    assert with_rngs.w_in.shape == (3, 3, 1, 3)
+
+    x, y = _images(4), jnp.asarray([0, 1, 2, 3])
+
+    def loss(st):
+        logits = nnx.merge(graphdef, st)(x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    grads = jax.jit(jax.vmap(jax.grad(loss)))(state)
+    for leaf in jax.tree.leaves(grads):
+        assert leaf.shape[0] == 3 and bool(jnp.all(jnp.isfinite(leaf)))
+
+
+def test_cnn_through_measure_function_matches_reference_distances():
+    model = _perturbed(models.CNN(IMAGE, 3, 2, 4, "tanh", sigma_b=0.1, key=KEY))
+    x = _images(3).reshape(3, -1)
+    fn = models.preactivation_fn(model)
+    stats = jax.jit(
+        lambda v, norms: actgeo.kernels.measure_function(
+            fn, v, "tanh", row_norms=norms, config=CONFIG
+        )
+    )(x, models.row_norms(model))
+    p = model.params()
+    zs, _ = _cnn_ref(p, np.asarray(x).reshape(3, *IMAGE), np.tanh)
+    zs = zs.reshape(2, 3, -1)
+    # q = |z|^2 / N per layer.
+    q = np.mean(np.sum(zs**2, -1), -1) / zs.shape[-1]
+    np.testing.assert_allclose(stats.q, q, rtol=1e-4)
+    # delta_rep = |z_u| / |taps of u inside the image|, counted tap by tap.
+    norms = []
+    for kernel in (p.w_in, p.w[0]):
+        k2 = np.asarray(kernel, np.float64) ** 2
+        ones = np.ones((1, *IMAGE[:2], k2.shape[2]))
+        norms.append(np.sqrt(_conv_ref(ones, k2)).reshape(-1))
+    log_rep = np.log10(np.abs(zs) / np.stack(norms)[:, None, :])
+    np.testing.assert_allclose(
+        stats.delta_rep.log_sum, log_rep.sum(axis=(1, 2)), rtol=1e-4
+    )

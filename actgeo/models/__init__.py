@@ -3,6 +3,7 @@
 * :class:`MLP` (and :class:`ResidualMLP`): the random network of a
   :class:`~actgeo.networks.NetworkSpec`, initialised bit for bit as
   :func:`actgeo.sample` draws it, trainable with optax.
+* :class:`CNN`: a small same-padded convolutional network for images.
 * :func:`ensemble` and :func:`member`: ``E`` models as one state with a
   leading member axis, for ``jax.vmap``.
 * :mod:`.adapter`: from a model to the kernels' inputs.
@@ -12,11 +13,14 @@ Importing this package imports Flax; :mod:`actgeo.kernels` never does.
 
 from actgeo.models import adapter
 from actgeo.models.adapter import as_params, preactivation_fn, row_norms
+from actgeo.models.cnn import CNN, CNNParams
 from actgeo.models.mlp import MLP, ResidualMLP
 from actgeo.models.stacked import ensemble, member, members
 
 __all__ = [
+    "CNN",
     "MLP",
+    "CNNParams",
     "ResidualMLP",
     "adapter",
     "as_params",

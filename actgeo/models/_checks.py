@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 
 import jax
@@ -32,7 +34,18 @@ def check_key(key, name: str = "key") -> None:
 
 
 def check_member(member, name: str = "member") -> None:
-    """Refuses a member index that is not a non-negative integer."""
+    """Refuses a member index that is not a non-negative integer.
+
+    A traced integer scalar (a member index inside ``jit`` or ``lax.map``)
+    passes unchecked.
+    """
+    if isinstance(member, jax.core.Tracer):
+        if jnp.ndim(member) == 0 and jnp.issubdtype(member.dtype, jnp.integer):
+            return
+        raise ValueError(
+            f"{name}: expected an integer scalar, got a traced array of shape "
+            f"{jnp.shape(member)} and dtype {member.dtype}"
+        )
     if not is_count(member) or member < 0:
         raise ValueError(f"{name}: expected a non-negative integer, got {member!r}")
 
@@ -63,25 +76,48 @@ def _autodiff_derivative(fn: Callable) -> Callable:
     return derivative
 
 
+@functools.lru_cache(maxsize=64)
+def _wrap_callable(fn: Callable) -> Activation:
+    # Runs eagerly even while a model is built inside jit or eval_shape.
+    with jax.ensure_compile_time_eval():
+        activations._check_elementwise(fn)
+    name = getattr(fn, "__name__", type(fn).__name__)
+    return Activation(name=f"custom:{name}", fn=fn, derivative=_autodiff_derivative(fn))
+
+
 def resolve_activation(activation) -> Activation:
     """A registered name, an :class:`Activation`, or a user's elementwise callable.
 
     A callable is checked to be elementwise and wrapped, unregistered, with
     its derivative from forward-mode autodiff (as
     :func:`actgeo.activations.register` would do, without touching the
-    registry).
+    registry); the same callable gets the same wrapper.
     """
     if isinstance(activation, str | Activation):
         return get_activation(activation)
     if callable(activation):
-        activations._check_elementwise(activation)
-        name = getattr(activation, "__name__", type(activation).__name__)
-        return Activation(
-            name=f"custom:{name}",
-            fn=activation,
-            derivative=_autodiff_derivative(activation),
-        )
+        return _wrap_callable(activation)
     raise TypeError(
         "activation: expected a registered name, an Activation or an elementwise "
         f"callable, got {type(activation).__name__}"
+    )
+
+
+def positive_finite(value) -> bool:
+    """Whether ``value`` is a real number, finite and positive."""
+    return (
+        isinstance(value, int | float | np.floating | np.integer)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def nonnegative_finite(value) -> bool:
+    """Whether ``value`` is a real number, finite and not negative."""
+    return (
+        isinstance(value, int | float | np.floating | np.integer)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
     )

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from actgeo.models.cnn import CNN
 from actgeo.models.mlp import MLP
 from actgeo.networks import MLPParams
 
@@ -63,13 +64,17 @@ def as_params(model: MLP) -> MLPParams:
     return model.params()
 
 
-def row_norms(model: MLP) -> list[jax.Array]:
+def row_norms(model: MLP | CNN) -> list[jax.Array]:
     """``|dz_i^l / d phi(z^(l-1))|`` per layer, for ``measure_function``.
 
-    The norms of the rows of ``W^1`` and of each ``W^l`` (times ``alpha`` in a
-    residual network): ``L`` arrays of shape ``(N,)``. With them
+    For an MLP, the norms of the rows of ``W^1`` and of each ``W^l`` (times
+    ``alpha`` in a residual network): ``L`` arrays ``(N,)``. For a
+    :class:`~actgeo.models.CNN`, the norm of each unit's kernel taps inside
+    the image: ``L`` arrays ``(H*W*C,)``. With them
     :func:`actgeo.kernels.measure_function` also gives ``delta_rep``.
     """
+    if isinstance(model, CNN):
+        return model.row_norms()
     _check_mlp(model, "row_norms")
     alpha = 1.0 if model.spec.residual is None else model.spec.residual
     first = jnp.linalg.norm(model.w_in[...], axis=-1)

@@ -36,7 +36,7 @@ def _mlp_ensemble(spec: NetworkSpec, count: int, key: jax.Array, dtype):
 
 
 def ensemble(
-    spec_or_factory: NetworkSpec | Callable[[jax.Array], nnx.Module],
+    spec_or_factory: NetworkSpec | Callable[[jax.Array, jax.Array], nnx.Module],
     members: int,
     key: jax.Array,
     *,
@@ -46,17 +46,22 @@ def ensemble(
 
     Args:
       spec_or_factory: a :class:`~actgeo.networks.NetworkSpec` (members are
-        :class:`~actgeo.models.MLP` s), or a function mapping a typed key to a
-        new NNX module, such as ``lambda k: CNN((8, 8, 1), 8, 3, 10, "relu",
-        key=k)``; member ``i`` is ``factory(jax.random.fold_in(key, i))``.
+        :class:`~actgeo.models.MLP` s), or a function ``factory(key, i)``
+        returning member ``i`` as a new NNX module, built from ``key`` and
+        ``i`` alone, such as ``lambda key, i: CNN((8, 8, 1), 8, 3, 10,
+        "relu", key=key, member=i)``, or for a model without a member
+        argument ``lambda key, i: Model(rngs=nnx.Rngs(jax.random.fold_in(key,
+        i)))``. ``i`` is a Python int; members are built one at a time
+        and stacked.
       members: the count ``E`` (members ``0..E-1``).
       key: typed key from ``jax.random.key``.
       dtype: parameter dtype of a spec's MLPs (a factory sets its own).
 
     Returns:
-      ``(graphdef, state)``: every leaf of ``state`` has a leading axis ``E``.
-      For a spec, the parameters are ``actgeo.sample(spec, E, key=key)``, so
-      member ``i`` equals ``MLP(spec, key=key, member=i)``.
+      ``(graphdef, state)``: every leaf of ``state`` has a leading axis ``E``,
+      and ``member(graphdef, state, i)`` equals ``factory(key, i)``. For a
+      spec, the parameters are ``actgeo.sample(spec, E, key=key)``, so member
+      ``i`` equals ``MLP(spec, key=key, member=i)``.
     """
     if not is_count(members) or members < 1:
         raise ValueError(f"members: expected a positive integer, got {members!r}")
@@ -65,27 +70,37 @@ def ensemble(
         return _mlp_ensemble(spec_or_factory, int(members), key, dtype)
     if not callable(spec_or_factory):
         raise TypeError(
-            "spec_or_factory: expected a NetworkSpec or a function key -> nnx.Module, "
-            f"got {type(spec_or_factory).__name__}"
+            "spec_or_factory: expected a NetworkSpec or a function (key, i) -> "
+            f"nnx.Module, got {type(spec_or_factory).__name__}"
         )
     factory = spec_or_factory
-    first = nnx.eval_shape(lambda: factory(key))
-    if not isinstance(first, nnx.Module):
-        raise TypeError(
-            "spec_or_factory: the factory returned "
-            f"{type(first).__name__}, expected an nnx.Module"
-        )
-    graphdef, _ = nnx.split(first)
+    # Each member is built exactly as factory(key, i) builds it alone, so
+    # member(graphdef, state, i) equals it bit for bit.
+    graphdef, states = None, []
+    for i in range(members):
+        model = factory(key, i)
+        if not isinstance(model, nnx.Module):
+            raise TypeError(
+                "spec_or_factory: the factory returned "
+                f"{type(model).__name__}, expected an nnx.Module"
+            )
+        g, state = nnx.split(model)
+        graphdef = g if graphdef is None else graphdef
+        states.append(state)
+    # Static attributes (an activation function, say) are taken from member
+    # 0; the parameters must match in structure and shape.
+    first = jax.tree.structure(states[0]), _shapes(states[0])
+    for i, state in enumerate(states[1:], start=1):
+        if (jax.tree.structure(state), _shapes(state)) != first:
+            raise ValueError(
+                f"spec_or_factory: member {i} has parameters of other structure or "
+                f"shapes than member 0 ({_shapes(state)} against {first[1]})"
+            )
+    return graphdef, jax.tree.map(lambda *a: jnp.stack(a), *states)
 
-    def draw(i):
-        return nnx.split(factory(jax.random.fold_in(key, i)))[1]
 
-    # One member at a time (lax.map): orthogonal initialisers run a QR per
-    # layer, and many concurrent QRs have stalled XLA's CPU runtime.
-    state = jax.jit(lambda idx: jax.lax.map(draw, idx))(
-        jnp.arange(members, dtype=jnp.uint32)
-    )
-    return graphdef, state
+def _shapes(state) -> list[tuple[int, ...]]:
+    return [tuple(jnp.shape(leaf)) for leaf in jax.tree.leaves(state)]
 
 
 def members(state) -> int:
