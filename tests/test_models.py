@@ -7,6 +7,8 @@ kernels run on plain :class:`~actgeo.networks.MLPParams`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -412,3 +414,22 @@ def test_cnn_through_measure_function_matches_reference_distances():
     np.testing.assert_allclose(
         stats.delta_rep.log_sum, log_rep.sum(axis=(1, 2)), rtol=1e-4
     )
+
+
+# Edge of chaos.
+
+
+@pytest.mark.parametrize(("activation", "sigma_b"), [("erf", 0.3), ("relu", 0.0)])
+def test_critical_spec_puts_sigma_w_on_the_edge_of_chaos(activation, sigma_b):
+    from actgeo import theory
+
+    spec = actgeo.NetworkSpec(5, 6, 3, activation, sigma_b=sigma_b, readout=3)
+    critical = models.critical_spec(spec)
+    assert critical.sigma_w == theory.critical_sigma_w(activation, sigma_b)
+    assert dataclasses.replace(critical, sigma_w=spec.sigma_w) == spec
+    with jax.enable_x64(True):
+        q = theory.q_star(activation, critical.sigma_w, sigma_b)
+        chi = theory.chi_1(activation, q, critical.sigma_w)
+    np.testing.assert_allclose(float(chi), 1.0, rtol=1e-6)
+    if activation == "relu":
+        np.testing.assert_allclose(critical.sigma_w, np.sqrt(2.0), rtol=1e-9)

@@ -3,6 +3,7 @@
 * :class:`MLP` (and :class:`ResidualMLP`): the random network of a
   :class:`~actgeo.networks.NetworkSpec`, initialised bit for bit as
   :func:`actgeo.sample` draws it, trainable with optax.
+* :func:`critical_spec`: a spec with ``sigma_w`` on the edge of chaos.
 * :class:`CNN`: a small same-padded convolutional network for images.
 * :func:`ensemble` and :func:`member`: ``E`` models as one state with a
   leading member axis, for ``jax.vmap``.
@@ -14,6 +15,7 @@ Importing this package imports Flax; :mod:`actgeo.kernels` never does.
 from actgeo.models import adapter
 from actgeo.models.adapter import as_params, preactivation_fn, row_norms
 from actgeo.models.cnn import CNN, CNNParams
+from actgeo.models.critical import critical_spec
 from actgeo.models.mlp import MLP, ResidualMLP
 from actgeo.models.stacked import ensemble, member, members
 
@@ -24,6 +26,7 @@ __all__ = [
     "ResidualMLP",
     "adapter",
     "as_params",
+    "critical_spec",
     "ensemble",
     "member",
     "members",
