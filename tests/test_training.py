@@ -36,6 +36,14 @@ ORDER_KEY = jax.random.key(1)
 COMMON = dict(optimizer=ADAM, key=ORDER_KEY, batch_size=32)
 
 
+@pytest.fixture(autouse=True)
+def _full_precision():
+    # The float64 references assume full float32 matrix products (GPUs would
+    # otherwise use TF32).
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 @pytest.fixture(scope="module")
 def small():
     return ensemble(SMALL, 3, INIT_KEY)
@@ -290,7 +298,10 @@ def test_resume_ends_where_an_uninterrupted_run_ends(small, tmp_path):
     graphdef, state = small
 
     def measure(graphdef, state, step):
-        return {"w_in_scale": jnp.abs(state["w_in"][...]).mean(axis=(1, 2))}
+        return {
+            "w_in_scale": jnp.abs(state["w_in"][...]).mean(axis=(1, 2)),
+            "w_scale": jnp.abs(state["w"][...]).mean(axis=(2, 3)),
+        }
 
     armed = []
 
@@ -304,7 +315,10 @@ def test_resume_ends_where_an_uninterrupted_run_ends(small, tmp_path):
         steps=40,
         eval_every=10,
         checkpoint_every=10,
-        hooks=[Hook((0, 15, 40), measure), Hook((30,), flaky)],
+        hooks=[
+            Hook((0, 15, 40), measure, dims={"w_scale": ("member", "hidden")}),
+            Hook((30,), flaky),
+        ],
         **COMMON,
     )
     full = train(graphdef, state, DIGITS, checkpoint_dir=tmp_path / "full", **kw)
@@ -322,6 +336,13 @@ def test_resume_ends_where_an_uninterrupted_run_ends(small, tmp_path):
         np.testing.assert_array_equal(a, b)
     xr.testing.assert_identical(full.history, resumed.history)
     assert list(full.history.hook_step.values) == [0, 15, 40]
+    assert full.history.w_in_scale.dims == ("hook_step", "member")
+    assert full.history.w_scale.dims == ("hook_step", "member", "hidden")
+    np.testing.assert_allclose(
+        full.history.w_in_scale.sel(hook_step=40),
+        np.abs(np.asarray(full.state["w_in"][...])).mean(axis=(1, 2)),
+        rtol=1e-5,
+    )
     # A finished run is returned as stored.
     again = train(graphdef, state, DIGITS, checkpoint_dir=cut, **kw)
     xr.testing.assert_identical(full.history, again.history)
