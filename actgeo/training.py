@@ -30,10 +30,6 @@ numbers (about ``1e-40`` for the first of 64 layers at float32) rather than
 zero; only a gradient below about ``1e-68`` (float32) reads as the floor,
 ``log10`` of the dtype's smallest subnormal (-44.85 for float32).
 
-Limits. Only ``nnx.Param`` variables are trained; other variables of the
-state (batch statistics, dropout's random state) are held at their given
-values, so models that update them in the forward pass are not supported.
-
 Early stopping is per member: a member whose monitored metric has not
 improved for ``patience`` evaluations stops; its parameters and optimizer
 state stay frozen from then on (its updates are masked) while the other
@@ -45,6 +41,14 @@ step, the key, the early-stopping state and the history so far. With
 there, after checking that it was written with the same settings, and ends
 exactly where an uninterrupted run ends: every step depends only on the
 state, the key and the step number.
+
+Limits. Only ``nnx.Param`` variables are trained; other variables of the
+state (batch statistics, dropout's random state) are held at their given
+values, so models that update them in the forward pass are not supported.
+A resumed run must have the same settings, ``steps`` included (a finished
+run is not extended). The optimizer's hyperparameters are compared only for
+optimizers made by :func:`make_optimizer`; for other optax transformations
+only the optimizer state's structure is.
 
 Axis letters: ``E`` members, ``B`` inputs of a minibatch, ``P`` training
 inputs, ``D`` input dimension, ``K`` outputs, ``L`` layers.
@@ -247,6 +251,7 @@ class Hook:
         if _is_count(steps):
             if steps < 1:
                 raise ValueError(f"Hook.steps: expected k >= 1, got {steps}")
+            steps = int(steps)
         else:
             try:
                 steps = tuple(steps)

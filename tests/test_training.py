@@ -421,3 +421,20 @@ def test_model_and_data_shapes_must_agree():
     graphdef, state = ensemble(headless, 1, INIT_KEY)
     with pytest.raises(ValueError, match="16 outputs"):
         train(graphdef, state, DIGITS, steps=10, **COMMON)
+
+
+@pytest.mark.slow
+def test_cnn_ensemble_trains_on_digit_images():
+    from actgeo.models import CNN
+
+    images = digits_split(images=True)
+    graphdef, state = ensemble(
+        lambda key, i: CNN((8, 8, 1), 4, 2, 10, "relu", key=key, member=i),
+        2,
+        INIT_KEY,
+    )
+    result = train(graphdef, state, images, steps=40, eval_every=20, **COMMON)
+    history = result.history
+    assert list(history.layer_name.values) == ["w_in", "w[0]", "w_out"]
+    assert np.all(np.isfinite(history.log10_grad_norm))
+    assert np.all(history.train_loss[-1] < history.train_loss[0])
