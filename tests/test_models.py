@@ -46,18 +46,21 @@ def _assert_params_equal(a: MLPParams, b: MLPParams):
             np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=name)
 
 
-def _perturbed(model: models.MLP, scale=0.3, seed=3) -> models.MLP:
+def _perturbed(model, scale=0.3, seed=3):
     """The model with every parameter moved, as training would move it."""
     graphdef, state = nnx.split(model)
-    leaves, tree = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    moved = [
-        a
-        + scale * jnp.std(a) * jax.random.normal(k, a.shape, a.dtype)
-        + 0.05 * jax.random.normal(k, a.shape, a.dtype)
-        for a, k in zip(leaves, keys, strict=True)
-    ]
-    return nnx.merge(graphdef, jax.tree.unflatten(tree, moved))
+
+    @jax.jit
+    def move(state):
+        leaves, tree = jax.tree.flatten(state)
+        keys = jax.random.split(jax.random.key(seed), len(leaves))
+        moved = [
+            a + (scale * jnp.std(a) + 0.05) * jax.random.normal(k, a.shape, a.dtype)
+            for a, k in zip(leaves, keys, strict=True)
+        ]
+        return jax.tree.unflatten(tree, moved)
+
+    return nnx.merge(graphdef, move(state))
 
 
 # Initialisation and forward pass.
@@ -106,7 +109,7 @@ def test_ensemble_state_equals_sample_and_members_equal_single_models():
     drawn = actgeo.sample(TANH, 3, key=KEY)
     for name in ("w_in", "b_in", "w", "b", "w_out", "b_out"):
         np.testing.assert_array_equal(state[name][...], getattr(drawn, name))
-    assert models.members(state) == 3
+    assert models.ensemble_size(state) == 3
     one = models.member(graphdef, state, 2)
     _assert_params_equal(one.params(), models.MLP(TANH, key=KEY, member=2).params())
     # Members are independent draws: no two share a weight matrix.
@@ -201,8 +204,9 @@ def _stats_fields_close(got, want, with_rep=True):
         np.testing.assert_array_equal(a.n_inf, b.n_inf)
 
 
-@pytest.mark.parametrize("spec", [TANH, RELU_RES], ids=["tanh", "res"])
-def test_kernels_on_as_params_equal_measure_function_on_trained_model(spec):
+def test_kernels_on_as_params_equal_measure_function_on_trained_model():
+    # Residual, with a readout: every part of the layout (alpha in the row norms).
+    spec = actgeo.NetworkSpec(5, 6, 3, "tanh", sigma_b=0.2, residual=0.5, readout=3)
     with jax.enable_x64(True):
         model = _perturbed(models.MLP(spec, key=KEY, dtype=jnp.float64))
         params = models.as_params(model)
@@ -338,18 +342,21 @@ def test_cnn_forward_matches_float64_convolution(activation, phi):
 
 
 def test_cnn_initialisation_variance_and_orthogonality():
-    sigma_w, sigma_b = 1.3, 0.4
-    gauss = models.CNN(
-        IMAGE, 12, 3, 10, "relu", sigma_w=sigma_w, sigma_b=sigma_b, key=KEY
-    ).params()
-    # Entry variance sigma_w^2 / fan_in, fan_in = 9 C_in; a chi-square with
-    # n degrees of freedom has relative sd sqrt(2 / n): 5 sd of slack.
-    for w, fan_in in ((gauss.w, 9 * 12), (gauss.w_out, 12)):
-        n = w.size
-        var = float(jnp.mean(w**2))
-        assert abs(var * fan_in / sigma_w**2 - 1) < 5 * np.sqrt(2 / n), var
-    biases = np.concatenate([gauss.b_in, gauss.b.ravel(), gauss.b_out])
-    assert abs(np.mean(biases**2) / sigma_b**2 - 1) < 5 * np.sqrt(2 / biases.size)
+    sigma_w, sigma_b = 2.0, 0.4
+    # Entry variance sigma_w^2 / fan_in, fan_in = 9 C_in (C for the readout),
+    # pooled over kernels and members; a chi-square with n degrees of freedom
+    # has relative sd sqrt(2 / n): 5 sd of slack (a standard deviation taken
+    # for a variance, or a wrong fan-in, is far outside).
+    standard, biases = [], []
+    for i in range(5):
+        p = models.CNN(
+            IMAGE, 3, 2, 4, "tanh", sigma_w=sigma_w, sigma_b=sigma_b, key=KEY, member=i
+        ).params()
+        for w, fan_in in ((p.w_in, 9), (p.w, 27), (p.w_out, 3)):
+            standard.append(np.ravel(w) * np.sqrt(fan_in) / sigma_w)
+        biases.append(np.concatenate([p.b_in, p.b.ravel(), p.b_out]) / sigma_b)
+    for values in (np.concatenate(standard), np.concatenate(biases)):
+        assert abs(np.mean(values**2) - 1) < 5 * np.sqrt(2 / values.size)
 
     ortho = models.CNN(
         IMAGE, 3, 2, 4, "relu", init="orthogonal", sigma_w=sigma_w, key=KEY
@@ -366,7 +373,7 @@ def test_cnn_ensemble_members_equal_single_models_and_train_under_vmap():
         return models.CNN(IMAGE, 3, 2, 4, "relu", init="orthogonal", key=key, member=i)
 
     graphdef, state = models.ensemble(factory, 3, KEY)
-    assert models.members(state) == 3
+    assert models.ensemble_size(state) == 3
     for i in (0, 2):
         one = models.member(graphdef, state, i).params()
         alone = factory(KEY, i).params()
@@ -433,3 +440,70 @@ def test_critical_spec_puts_sigma_w_on_the_edge_of_chaos(activation, sigma_b):
     np.testing.assert_allclose(float(chi), 1.0, rtol=1e-6)
     if activation == "relu":
         np.testing.assert_allclose(critical.sigma_w, np.sqrt(2.0), rtol=1e-9)
+
+
+# Bad input: clear errors, raised before any work.
+
+
+def test_model_calls_name_the_argument_and_expected_shape():
+    model = models.MLP(TANH, key=KEY)
+    with pytest.raises(ValueError, match=r"^x: MLP expected inputs of shape \(B, 5\)"):
+        model(jnp.ones((4, 6)))
+    with pytest.raises(ValueError, match=r"add a batch axis, x\[None\]"):
+        model.preactivations(jnp.ones(5))
+    cnn = models.CNN(IMAGE, 3, 2, 4, "relu", key=KEY)
+    with pytest.raises(ValueError, match=r"\(B, 8, 8, 1\), got \(2, 8, 8\)"):
+        cnn(jnp.ones((2, 8, 8)))
+    fn = models.preactivation_fn(cnn)
+    with pytest.raises(ValueError, match=r"^x: expected one flat input of shape \(64"):
+        fn(jnp.ones(63))
+
+
+def test_bad_construction_arguments():
+    with pytest.raises(ValueError, match="width: expected a positive integer"):
+        actgeo.NetworkSpec(5, -1, 3)
+    with pytest.raises(ValueError, match="activation: unknown name 'nope'"):
+        actgeo.NetworkSpec(5, 6, 3, "nope")
+    with pytest.raises(ValueError, match="activation: unknown name 'nope'"):
+        models.CNN(IMAGE, 3, 2, 4, "nope", key=KEY)
+    with pytest.raises(ValueError, match="fn: expected an elementwise function"):
+        models.CNN(IMAGE, 3, 2, 4, jnp.cumsum, key=KEY)
+    with pytest.raises(
+        ValueError, match=r"in_shape: expected \(H, W, C\).*; channels: expected"
+    ):
+        models.CNN((8, 8), 0, 2, 4, "relu", key=KEY)
+    with pytest.raises(TypeError, match="exactly one of key= and rngs="):
+        models.CNN(IMAGE, 3, 2, 4, "relu")
+    with pytest.raises(TypeError, match=r"key: expected a typed key from jax\.random"):
+        models.MLP(TANH, key=0)
+    with pytest.raises(ValueError, match="member: expected a non-negative integer"):
+        models.MLP(TANH, key=KEY, member=-1)
+    with pytest.raises(TypeError, match="exactly one of key= and params="):
+        models.MLP(TANH)
+    p = jax.tree.map(lambda a: a[0], actgeo.sample(RELU_RES, [0], key=KEY))
+    with pytest.raises(ValueError, match=r"w_out: expected \(3, 6\), got None"):
+        models.MLP(TANH, params=p)
+    with pytest.raises(ValueError, match=r"spec\.residual is 0\.5"):
+        models.critical_spec(RELU_RES)
+    relu_b = actgeo.NetworkSpec(5, 6, 3, "relu", sigma_b=0.1)
+    with pytest.raises(ValueError, match="edge of chaos only at sigma_b = 0"):
+        models.critical_spec(relu_b)
+
+
+def test_ensemble_and_member_errors():
+    graphdef, state = models.ensemble(TANH, 3, KEY)
+    with pytest.raises(ValueError, match=r"^i: member index 3 out of range \[0, 3\)"):
+        models.member(graphdef, state, 3)
+    with pytest.raises(ValueError, match="out of range"):
+        models.member(graphdef, state, -1)
+    with pytest.raises(TypeError, match="integer member index"):
+        models.member(graphdef, state, 1.0)
+    with pytest.raises(ValueError, match="members: expected a positive integer"):
+        models.ensemble(TANH, 0, KEY)
+    with pytest.raises(TypeError, match="the factory returned int"):
+        models.ensemble(lambda key, i: i, 2, KEY)
+    stacked = nnx.merge(graphdef, state)
+    with pytest.raises(ValueError, match="holds a whole ensemble"):
+        stacked(_x())
+    with pytest.raises(ValueError, match="holds a whole ensemble"):
+        models.as_params(stacked)

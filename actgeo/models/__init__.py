@@ -17,7 +17,7 @@ from actgeo.models.adapter import as_params, preactivation_fn, row_norms
 from actgeo.models.cnn import CNN, CNNParams
 from actgeo.models.critical import critical_spec
 from actgeo.models.mlp import MLP, ResidualMLP
-from actgeo.models.stacked import ensemble, member, members
+from actgeo.models.stacked import ensemble, ensemble_size, member
 
 __all__ = [
     "CNN",
@@ -28,8 +28,8 @@ __all__ = [
     "as_params",
     "critical_spec",
     "ensemble",
+    "ensemble_size",
     "member",
-    "members",
     "preactivation_fn",
     "row_norms",
 ]

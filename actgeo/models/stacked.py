@@ -19,7 +19,7 @@ from actgeo.models._checks import check_key, is_count
 from actgeo.models.mlp import MLP
 from actgeo.networks import NetworkSpec, sample
 
-__all__ = ["ensemble", "member", "members"]
+__all__ = ["ensemble", "ensemble_size", "member"]
 
 
 def _mlp_ensemble(spec: NetworkSpec, count: int, key: jax.Array, dtype):
@@ -103,7 +103,7 @@ def _shapes(state) -> list[tuple[int, ...]]:
     return [tuple(jnp.shape(leaf)) for leaf in jax.tree.leaves(state)]
 
 
-def members(state) -> int:
+def ensemble_size(state) -> int:
     """The number of members ``E`` of a stacked state (its leaves' first axis)."""
     leaves = jax.tree.leaves(state)
     if not leaves:
@@ -125,7 +125,7 @@ def member(graphdef, state, i: int) -> nnx.Module:
       i: member index, ``0 <= i < E``; a traced integer is used unchecked.
     """
     if not isinstance(i, jax.core.Tracer):
-        count = members(state)
+        count = ensemble_size(state)
         if not is_count(i) and not (
             hasattr(i, "dtype")
             and jnp.issubdtype(i.dtype, jnp.integer)
