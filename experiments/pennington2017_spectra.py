@@ -10,8 +10,8 @@ at the point of the edge-of-chaos curve with ``q* = 1/64``
 (:func:`actgeo.theory.edge_of_chaos`), where Pennington et al. find
 orthogonal sigmoidal networks close to isometry. (hard_tanh's curve there
 is its ``q* -> 0`` end, ``sigma_w = 1``, ``sigma_b = 0``: with
-``|z| > 1`` at probability ``2 Phi(-8) ~ 1e-15`` it measures as linear.) ``sigma_w``, ``sigma_b``
-are standard deviations (the paper plots variances).
+``|z| > 1`` at probability ``2 Phi(-8) ~ 1e-15`` it measures as linear.)
+``sigma_w``, ``sigma_b`` are standard deviations (the paper plots variances).
 
 Measured: singular values of ``J^l = dz^l/dx`` (square layers, ``D = N``)
 by accumulated QR (:func:`actgeo.kernels.spectra.log_singular_values`),
