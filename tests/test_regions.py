@@ -378,6 +378,19 @@ def test_square_centred_where_every_boundary_meets():
     np.testing.assert_allclose(regions.areas.sum(), 16.0, rtol=1e-9)
 
 
+def test_larger_squares_never_lose_regions():
+    # A larger square contains the smaller one, so the count cannot fall;
+    # small regions near the center stay resolved at any extent.
+    params, _, _, _ = _params(seed=21, depth=2, width=6)
+    c, u, v = _plane(22)
+    counts = [
+        count_regions_2d(params, "relu", c, u, v, extent).count
+        for extent in (2.0, 1e2, 1e4, 1e7)
+    ]
+    assert counts == sorted(counts), counts
+    assert counts[-1] == counts[-2] > counts[0]
+
+
 def test_fine_grid_finds_every_region_of_a_small_net():
     params, p64, _, _ = _params(seed=13, depth=2, width=5, sigma_b=0.5)
     c, u, v = _plane(14)

@@ -48,7 +48,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from actgeo.activations import Activation, get_activation, pattern
-from actgeo.kernels.forward import check_params, finite_problems, preactivations
+from actgeo.kernels.forward import (
+    check_params,
+    check_residual,
+    finite_problems,
+    preactivations,
+)
 from actgeo.networks import MLPParams
 
 __all__ = [
@@ -423,9 +428,7 @@ def _check_vectors(params, **vectors) -> list[str]:
             )
     if problems:
         return problems
-    return problems + finite_problems(
-        **vectors, w_in=params.w_in, b_in=params.b_in, w=params.w, b=params.b
-    )
+    return problems + finite_problems(**vectors)
 
 
 def _check_count(name: str, value) -> list[str]:
@@ -502,6 +505,7 @@ def walk_segment(
     start, end = jnp.asarray(start), jnp.asarray(end)
     problems = _check_count("max_crossings", max_crossings)
     problems += _check_vectors(params, start=start, end=end)
+    problems += check_residual(residual)
     if not problems and _is_concrete(start) and _is_concrete(end):
         if np.array_equal(np.asarray(start), np.asarray(end)):
             problems.append(
@@ -550,6 +554,7 @@ def walk_circle(
     center, u, v = jnp.asarray(center), jnp.asarray(u), jnp.asarray(v)
     problems = _check_count("max_crossings", max_crossings)
     problems += _check_vectors(params, center=center, u=u, v=v)
+    problems += check_residual(residual)
     if not problems:
         problems += _check_plane_directions(u, v)
     if problems:
@@ -643,6 +648,14 @@ def _cut(verts, labels, normals, offsets, codes, tol):
             break
         verts, labels = _clip(verts, labels, normals[k], offsets[k], codes[k])
     return verts, labels
+
+
+def _diameter(verts):
+    """Largest distance between two vertices of a polygon."""
+    if len(verts) < 2:
+        return 0.0
+    gaps = verts[:, None, :] - verts[None, :, :]
+    return float(np.sqrt(np.max(np.sum(gaps**2, axis=-1))))
 
 
 def _area(verts):
@@ -808,6 +821,7 @@ def count_regions_2d(
     center, u, v = jnp.asarray(center), jnp.asarray(u), jnp.asarray(v)
     problems = _check_count("max_regions", max_regions)
     problems += _check_vectors(params, center=center, u=u, v=v)
+    problems += check_residual(residual)
     if not problems:
         problems += _check_plane_directions(u, v)
     if not (isinstance(extent, int | float | np.floating) and math.isfinite(extent)):
@@ -838,7 +852,6 @@ def count_regions_2d(
     square = extent * np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
     square_labels = np.full(4, -1, np.int64)
     tol = 1e-12 * extent
-    min_area = 1e-12 * extent**2
     probe_step = 1e-8 * extent
 
     seen, frontier = set(), []
@@ -875,7 +888,11 @@ def count_regions_2d(
                 continue
             verts, labels = _cut(square, square_labels, *cut, tol)
             area = _area(verts)
-            if area <= min_area:
+            # Slivers between boundaries that coincide up to rounding are
+            # thinner than the tolerance; a genuine region, however small
+            # against the square, is not (its width, area over diameter, is
+            # set by the network, not by rounding).
+            if area <= 0 or area <= tol * _diameter(verts):
                 continue
             polygons.append(verts)
             edge_layers.append(np.where(labels >= 0, (labels // 2) // width, -1))
