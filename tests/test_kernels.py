@@ -333,6 +333,36 @@ def test_bad_parameters_and_non_finite_inputs():
             kernel(params, x[:0], "tanh")
 
 
+@pytest.mark.parametrize("field", ["b_in", "w", "b"])
+def test_non_finite_parameters_are_refused_by_every_kernel(field):
+    # A NaN deep in the network would otherwise come out as a plausible
+    # number: zero length, no crossings, -inf log singular values.
+    params = _mlp(PARAMS, jnp.float32)
+    bad = params._replace(
+        **{
+            field: getattr(params, field)
+            .at[(0,) * getattr(params, field).ndim]
+            .set(jnp.nan)
+        }
+    )
+    x = jnp.asarray(X, jnp.float32)
+    circle = kernels.great_circle(x[0], x[1], 8)
+    calls = [
+        lambda p: kernels.preactivations(p, x, "tanh"),
+        lambda p: kernels.neuron_distances(p, x, "tanh"),
+        lambda p: kernels.layer_statistics(p, x, "tanh"),
+        lambda p: kernels.log_singular_values(p, x, "tanh"),
+        lambda p: kernels.trajectory(p, circle, "tanh"),
+        lambda p: kernels.zero_crossings(p, circle, "tanh"),
+        lambda p: kernels.walk_segment(p, "relu", x[0], x[1]),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=rf"params\.{field}: contains NaN"):
+            call(bad)
+    with pytest.raises(ValueError, match="residual: expected None or a positive"):
+        kernels.log_singular_values(params, x, "tanh", residual=float("nan"))
+
+
 def test_nan_propagates_under_jit_and_is_counted():
     params = _mlp(PARAMS, jnp.float32)
     x = jnp.asarray(X, jnp.float32).at[0, 0].set(jnp.nan)

@@ -79,7 +79,7 @@ def neuron_distances(
     """
     act = get_activation(activation)
     x = jnp.asarray(x)
-    _check(params, x)
+    _check(params, x, residual)
 
     step = batched_step(act, residual)
     alpha = 1.0 if residual is None else residual

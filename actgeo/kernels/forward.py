@@ -95,11 +95,33 @@ def check_params(params: MLPParams) -> list[str]:
         problems.append(
             f"params: expected w of shape (L-1, {w_in[0]}, {w_in[0]}), got {w}"
         )
+    else:
+        problems += finite_problems(
+            **{f"params.{k}": v for k, v in params._asdict().items()}
+        )
     return problems
 
 
-def _check(params: MLPParams, x: jax.Array):
-    problems = check_params(params)
+def check_residual(residual) -> list[str]:
+    """Problems with a residual scale: ``None`` or one positive finite number."""
+    if residual is None or isinstance(residual, jax.core.Tracer):
+        return []
+    value = np.asarray(residual)
+    if (
+        value.shape != ()
+        or value.dtype == bool
+        or not np.issubdtype(value.dtype, np.number)
+        or not np.isfinite(value)
+        or value <= 0
+    ):
+        return [
+            f"residual: expected None or a positive finite number, got {residual!r}"
+        ]
+    return []
+
+
+def _check(params: MLPParams, x: jax.Array, residual=None):
+    problems = check_params(params) + check_residual(residual)
     if not problems:
         d = params.w_in.shape[-1]
         if jnp.ndim(x) != 2 or jnp.shape(x)[1] != d or jnp.shape(x)[0] == 0:
@@ -107,7 +129,7 @@ def _check(params: MLPParams, x: jax.Array):
                 f"x: expected shape (B, D) with B >= 1 and D = {d} (the first "
                 f"layer's fan-in), got {jnp.shape(x)}"
             )
-    problems += finite_problems(x=x, params=params.w_in)
+    problems += finite_problems(x=x)
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -122,7 +144,7 @@ def preactivations(
     """Preactivations ``z^l`` of every layer: ``(L, B, N)``."""
     act = get_activation(activation)
     x = jnp.asarray(x)
-    _check(params, x)
+    _check(params, x, residual)
     z1 = _first_layer(params, x)
 
     def body(z, layer):
@@ -149,7 +171,7 @@ def jacobians(
     """
     act = get_activation(activation)
     x = jnp.asarray(x)
-    _check(params, x)
+    _check(params, x, residual)
     z1 = _first_layer(params, x)
     j1 = jnp.broadcast_to(params.w_in, (x.shape[0], *params.w_in.shape))
 

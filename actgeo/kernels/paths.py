@@ -43,6 +43,7 @@ from actgeo.kernels.forward import (
     _check,
     _first_layer,
     check_params,
+    check_residual,
     finite_problems,
     preactivations,
     step_values,
@@ -420,8 +421,8 @@ def plane(center, u, v, extent: float, samples, *, dtype=None) -> Plane:
 # Kernels ---------------------------------------------------------------------------
 
 
-def _check_path(params: MLPParams, path: Path):
-    problems = check_params(params)
+def _check_path(params: MLPParams, path: Path, residual=None):
+    problems = check_params(params) + check_residual(residual)
     if not problems:
         d = params.w_in.shape[-1]
         shape = jnp.shape(path.points)
@@ -444,8 +445,7 @@ def _check_path(params: MLPParams, path: Path):
                         f"{jnp.shape(getattr(path, name))}"
                     )
     problems += finite_problems(
-        **{f"path.{k}": getattr(path, k) for k in ("points", "velocity", "t")},
-        params=params.w_in,
+        **{f"path.{k}": getattr(path, k) for k in ("points", "velocity", "t")}
     )
     if problems:
         raise ValueError("; ".join(problems))
@@ -574,7 +574,7 @@ def trajectory(
       :class:`PathMeasures` with leading axis ``L + 1`` (index 0 the input).
     """
     act = get_activation(activation)
-    _check_path(params, path)
+    _check_path(params, path, residual)
     smooth = _smooth(act)
     samples = path.points.shape[0]
     mask = _interval_mask(samples, path.closed)
@@ -728,7 +728,7 @@ def zero_crossings(
       :class:`Crossings`, each field ``(L, N)``.
     """
     act = get_activation(activation)
-    _check_path(params, path)
+    _check_path(params, path, residual)
     smooth = _smooth(act)
     samples = path.points.shape[0]
     mask = _interval_mask(samples, path.closed)
@@ -792,7 +792,7 @@ def local_complexity(
     act = get_activation(activation)
     x = jnp.asarray(x)
     directions = jnp.asarray(directions)
-    _check(params, x)
+    _check(params, x, residual)
     problems = []
     d = x.shape[1]
     if directions.ndim != 2 or directions.shape[1] != d or directions.shape[0] < 1:

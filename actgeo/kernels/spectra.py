@@ -327,7 +327,7 @@ def log_singular_values(
     """
     act = get_activation(activation)
     x = jnp.asarray(x)
-    _check(params, x)
+    _check(params, x, residual)
     depth = params.w.shape[0] + 1
     layers = _check_layers(layers, depth)
     _check_sweeps(max_sweeps)
