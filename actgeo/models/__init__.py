@@ -16,6 +16,7 @@ from actgeo.models import adapter
 from actgeo.models.adapter import as_params, preactivation_fn, row_norms
 from actgeo.models.cnn import CNN, CNNParams
 from actgeo.models.critical import critical_spec
+from actgeo.models.geometry import geometry_hook
 from actgeo.models.mlp import MLP, ResidualMLP
 from actgeo.models.stacked import ensemble, ensemble_size, member
 
@@ -29,6 +30,7 @@ __all__ = [
     "critical_spec",
     "ensemble",
     "ensemble_size",
+    "geometry_hook",
     "member",
     "preactivation_fn",
     "row_norms",
