@@ -404,3 +404,20 @@ def test_tanh_ensemble_against_theory():
 @pytest.mark.parametrize(("activation", "sigma_w"), [("tanh", 2.5), ("silu", 1.8)])
 def test_ensembles_against_theory_wide(activation, sigma_w):
     _check_against_theory(activation, sigma_w, 512, 6, 16, 0.05)
+
+
+def test_sizes_accept_numpy_and_jax_scalars_and_refuse_the_rest():
+    e = np.eye(3)
+    for extent in (np.float32(1.5), jnp.float32(1.5), 1.5):
+        assert paths.plane(e[0], e[1], e[2], extent, 3).points.shape == (3, 3, 3)
+    for radius in (np.float32(2.0), jnp.asarray(2.0)):
+        circle = paths.random_great_circle(jax.random.key(0), 4, radius, 8)
+        np.testing.assert_allclose(np.linalg.norm(circle.points, axis=1), 2.0, 1e-6)
+    for extent in (True, None, "1", np.ones(2)):
+        with pytest.raises(ValueError, match="extent: expected a positive finite"):
+            paths.plane(e[0], e[1], e[2], extent, 3)
+    for samples in (3.0, None):
+        with pytest.raises(ValueError, match=r"samples: expected S or \(S1, S2\)"):
+            paths.plane(e[0], e[1], e[2], 1.0, samples)
+    with pytest.raises(ValueError, match="radius: expected a positive finite"):
+        paths.random_great_circle(jax.random.key(0), 4, None, 8)

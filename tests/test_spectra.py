@@ -477,3 +477,33 @@ def test_theory_matches_wide_ensembles(activation, init):
         init=init,
     )
     _compare(spec, members, 0.5, init, rel_allowance=depth / width + 0.02)
+
+
+def test_summary_and_theory_refuse_malformed_spectra():
+    with pytest.raises(ValueError, match=r"log_sv: expected .* shape \(\.\.\., r\)"):
+        spectra.summarize_spectrum(np.float32(1.0), 8)
+    with pytest.raises(ValueError, match=r"log_sv: expected .* r >= 1"):
+        spectra.summarize_spectrum(np.zeros((3, 0)), 8)
+    with pytest.raises(ValueError, match="log_sv: expected values sorted"):
+        spectra.summarize_spectrum(np.array([[0.0, 1.0]]), 8)
+    # An exact zero (log -inf) gives an infinite condition number, even when
+    # every singular value is zero.
+    s = spectra.summarize_spectrum(
+        np.array([[-np.inf, -np.inf], [1.0, -np.inf], [1.0, 0.0]]), 2
+    )
+    np.testing.assert_array_equal(np.asarray(s.log_condition), [np.inf, np.inf, 1.0])
+    with pytest.raises(ValueError, match="q_in: expected a positive"):
+        jacobian_spectrum_moments("tanh", 1.0, 0.0, 4, -1.0)
+    with pytest.raises(ValueError, match="depth: expected a positive int"):
+        jacobian_spectrum_moments("tanh", 1.0, 0.0, True)
+
+
+def test_layers_given_as_an_array():
+    params = jax.tree.map(
+        lambda a: a[0],
+        actgeo.sample(actgeo.NetworkSpec(5, 5, 3, "tanh"), 1, key=jax.random.key(0)),
+    )
+    x = jnp.ones((1, 5))
+    as_tuple = spectra.log_singular_values(params, x, "tanh", layers=(1, 3))
+    as_array = spectra.log_singular_values(params, x, "tanh", layers=np.array([1, 3]))
+    np.testing.assert_array_equal(np.asarray(as_tuple), np.asarray(as_array))

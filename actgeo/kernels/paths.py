@@ -123,6 +123,24 @@ def _is_count(value) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
+def positive_number(value) -> bool:
+    """Whether ``value`` is one positive finite real number (bools are not).
+
+    Python numbers and 0-d NumPy or JAX arrays are accepted alike.
+    """
+    if isinstance(value, bool | np.bool_) or isinstance(value, jax.core.Tracer):
+        return False
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError):
+        return False
+    if a.shape != () or not (
+        np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
+    ):
+        return False
+    return bool(np.isfinite(a) and a > 0)
+
+
 def _check_samples(name, samples, problems):
     if not _is_count(samples) or samples < 2:
         problems.append(
@@ -342,7 +360,7 @@ def _check_random(dim, radius, samples):
     problems = []
     if not _is_count(dim) or dim < 2:
         problems.append(f"dim: expected an integer >= 2, got {dim!r}")
-    if not (isinstance(radius, int | float) and math.isfinite(radius) and radius > 0):
+    if not positive_number(radius):
         problems.append(f"radius: expected a positive finite number, got {radius!r}")
     _check_samples("samples", samples, problems)
     return problems
@@ -357,6 +375,7 @@ def random_great_circle(
     ``|x|^2 / D = q_in``.
     """
     _raise("random_great_circle", _check_random(dim, radius, samples))
+    radius = float(radius)
     frame = _random_frame(key, dim, 2) * radius
     return _circle(np.zeros(dim), frame[:, 0], frame[:, 1], samples, jnp.dtype(dtype))
 
@@ -366,6 +385,7 @@ def random_line(
 ) -> Path:
     """A segment between two independent uniformly random points of ``|x| = radius``."""
     _raise("random_line", _check_random(dim, radius, samples))
+    radius = float(radius)
     g = np.asarray(jax.random.normal(key, (2, dim), jnp.float32), np.float64)
     ends = radius * g / np.linalg.norm(g, axis=1, keepdims=True)
     return line(ends[0], ends[1], samples, dtype=dtype)
@@ -385,13 +405,18 @@ def plane(center, u, v, extent: float, samples, *, dtype=None) -> Plane:
     """
     problems = []
     vec = _vectors(problems, center=center, u=u, v=v)
-    counts = (samples, samples) if _is_count(samples) else tuple(samples)
+    if _is_count(samples):
+        counts = (samples, samples)
+    elif isinstance(samples, tuple | list):
+        counts = tuple(samples)
+    else:
+        counts = ()
     if len(counts) != 2:
         problems.append(f"samples: expected S or (S1, S2), got {samples!r}")
     else:
         for i, count in enumerate(counts):
             _check_samples(f"samples[{i}]", count, problems)
-    if not (isinstance(extent, int | float) and math.isfinite(extent) and extent > 0):
+    if not positive_number(extent):
         problems.append(f"extent: expected a positive finite number, got {extent!r}")
     if vec:
         nu, nv = np.linalg.norm(vec["u"]), np.linalg.norm(vec["v"])
@@ -407,6 +432,7 @@ def plane(center, u, v, extent: float, samples, *, dtype=None) -> Plane:
         ):
             problems.append("v: parallel to u; the plane is not defined")
     _raise("plane", problems)
+    extent = float(extent)
     s = np.linspace(-extent, extent, counts[0])
     t = np.linspace(-extent, extent, counts[1])
     points = (
@@ -807,8 +833,7 @@ def local_complexity(
                 f"directions: expected orthonormal rows, max |V V^T - I| = {error:.3g}"
             )
     if not isinstance(radius, jax.core.Tracer):
-        r = np.asarray(radius)
-        if r.ndim != 0 or not (np.isfinite(r) and r > 0):
+        if not positive_number(radius):
             problems.append(
                 f"radius: expected a positive finite scalar, got {radius!r}"
             )

@@ -54,6 +54,7 @@ from actgeo.kernels.forward import (
     finite_problems,
     preactivations,
 )
+from actgeo.kernels.paths import positive_number
 from actgeo.networks import MLPParams
 
 __all__ = [
@@ -796,8 +797,10 @@ def count_regions_2d(
     that is constant over a region is put on the piece its value gives). The
     affine maps of each BFS frontier are computed in one batched JAX call in
     float64, whatever the parameters' dtype, and the clipping runs in float64
-    NumPy. Polygons of area below ``1e-12 extent^2`` are dropped as rounding
-    (coincident boundaries, as with zero biases, leave slivers of ~1e-15).
+    NumPy. Polygons thinner than ``1e-12 extent`` (area over diameter) are
+    dropped as rounding: coincident boundaries, as with zero biases, leave
+    slivers ~1e-15 wide, while genuine regions keep their width however
+    large the square.
     Eager only (not jit/vmap-able).
 
     With a readout (``params.w_out``), the boundary of ``argmax_k f_k`` is
@@ -824,9 +827,7 @@ def count_regions_2d(
     problems += check_residual(residual)
     if not problems:
         problems += _check_plane_directions(u, v)
-    if not (isinstance(extent, int | float | np.floating) and math.isfinite(extent)):
-        problems.append(f"extent: expected a positive finite number, got {extent!r}")
-    elif extent <= 0:
+    if not positive_number(extent):
         problems.append(f"extent: expected a positive finite number, got {extent!r}")
     if problems:
         raise ValueError("count_regions_2d: " + "; ".join(problems))

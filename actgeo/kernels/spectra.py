@@ -269,6 +269,8 @@ def _through_depth(carry, state, step, xs, layers, max_sweeps):
 def _check_layers(layers, depth: int) -> tuple[int, ...] | None:
     if layers is None:
         return None
+    if isinstance(layers, np.ndarray) and layers.ndim == 1:
+        layers = tuple(layers.tolist())
     values = tuple(layers) if isinstance(layers, Sequence) else (layers,)
     ok = all(
         isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values
@@ -427,7 +429,21 @@ def summarize_spectrum(
       :class:`SpectrumSummary` with leading axes ``(...)``.
     """
     log_sv = jnp.asarray(log_sv)
+    if log_sv.ndim < 1 or log_sv.shape[-1] == 0:
+        raise ValueError(
+            "log_sv: expected log singular values of shape (..., r) with r >= 1, "
+            f"got shape {log_sv.shape}"
+        )
     r = log_sv.shape[-1]
+    if not isinstance(log_sv, jax.core.Tracer) and r > 1:
+        with np.errstate(invalid="ignore"):
+            steps = np.diff(np.asarray(log_sv), axis=-1)
+        rising = np.isfinite(steps) & (steps > 0)
+        if rising.any():
+            raise ValueError(
+                "log_sv: expected values sorted in descending order along the "
+                "last axis (as log_singular_values returns them)"
+            )
     if not (isinstance(width, int | np.integer) and width >= r):
         raise ValueError(
             f"width: expected an int N >= r = {r} (the number of eigenvalues of "
@@ -442,7 +458,13 @@ def summarize_spectrum(
     v = (jnp.sum((ratio - 1.0) ** 2, axis=-1) + zeros) / width
     v = jnp.where(finite_mean, v, jnp.full_like(v, jnp.nan))
     mean = jnp.exp(log_mean)
-    log_cond = log_sv[..., 0] - log_sv[..., -1]
+    # An exact zero singular value (log -inf) makes the condition number
+    # infinite, also when every value is zero.
+    log_cond = jnp.where(
+        jnp.isneginf(log_sv[..., -1]),
+        jnp.inf,
+        log_sv[..., 0] - log_sv[..., -1],
+    )
     counts_shape = log_sv.shape[:-1]
     flat = log_sv.reshape(-1, r) / math.log(10.0)
     hist = jax.vmap(lambda row: summarize(row, bins))(flat)

@@ -90,9 +90,11 @@ def weight_variance(init: str, rows: int, cols: int) -> float:
     return max(ratio - 1.0, 0.0)
 
 
-def _check(activation, sigma_w, sigma_b, depth, init, width, input_dim):
+def _check(activation, sigma_w, sigma_b, depth, init, width, input_dim, q_in=1.0):
     problems = []
-    if not (isinstance(depth, int | np.integer) and depth >= 1):
+    if isinstance(depth, bool) or not (
+        isinstance(depth, int | np.integer) and depth >= 1
+    ):
         problems.append(f"depth: expected a positive int, got {depth!r}")
     if init not in _INITS:
         problems.append(f"init: expected one of {_INITS}, got {init!r}")
@@ -106,6 +108,12 @@ def _check(activation, sigma_w, sigma_b, depth, init, width, input_dim):
             isinstance(value, int | np.integer) and value >= 1
         ):
             problems.append(f"{name}: expected a positive int or None, got {value!r}")
+    if not isinstance(q_in, jax.core.Tracer):
+        q = np.asarray(q_in)
+        if q.shape != () or q.dtype == bool or not (np.isfinite(q) and q > 0):
+            problems.append(
+                f"q_in: expected a positive finite input length, got {q_in!r}"
+            )
     if not any(isinstance(v, jax.core.Tracer) for v in (sigma_w, sigma_b)):
         try:
             check_sigma(sigma_w, sigma_b)
@@ -146,7 +154,7 @@ def jacobian_spectrum_moments(
       :class:`SpectrumMoments` with ``(L,)`` arrays (module docstring for the
       formulas and approximations).
     """
-    act = _check(activation, sigma_w, sigma_b, depth, init, width, input_dim)
+    act = _check(activation, sigma_w, sigma_b, depth, init, width, input_dim, q_in)
     sigma_w, sigma_b, q_in = (_float(v) for v in (sigma_w, sigma_b, q_in))
     ratio_rows, ratio_cols = (1, 1) if width is None else (width, input_dim)
     v_first = weight_variance(init, ratio_rows, ratio_cols)
