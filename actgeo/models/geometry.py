@@ -248,6 +248,9 @@ def geometry_hook(
       :data:`GEOMETRY_VARIABLES` (see the module doc), with dimensions
       ``(hook_step, member, hidden_layer)`` or ``(hook_step, member)`` in the
       history. ``hidden_layer`` ``l`` is layer ``l + 1`` of the network.
+      The hook's ``fn`` carries the measured points as ``fn.points``
+      ``(B, D)`` and the segments' ends as ``fn.starts``, ``fn.ends``
+      ``(S, D)`` (NumPy float32).
 
     Raises:
       TypeError, ValueError: bad arguments (here), or a model that is not an
@@ -318,4 +321,5 @@ def geometry_hook(
             )
         return {names[name]: value for name, value in out.items()}
 
+    fn.points, fn.starts, fn.ends = pts, starts, ends
     return Hook(steps, fn, dims=dims)
