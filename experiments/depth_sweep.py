@@ -37,6 +37,7 @@ import numpy as np
 import tyro
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from tqdm.auto import tqdm
 
 import actgeo
@@ -181,6 +182,7 @@ def plot(ds: xr.Dataset, path: pathlib.Path) -> None:
         ax.axhline(0.1, color="gray", ls=":", lw=0.8, label="chance")
         ax.set(xscale="log", xlabel="depth L", ylim=(0, 1.02))
         ax.set_xticks(depths, [str(d) for d in depths])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{init} initialisation")
     axes[0].set_ylabel("test accuracy (mean +- s.e. over seeds)")
     axes[1].legend(fontsize=8)
