@@ -320,10 +320,20 @@ def plot(ds: xr.Dataset, path: pathlib.Path) -> None:
     depths = np.asarray(ds["depth"])
     colors = matplotlib.colormaps["viridis"](np.linspace(0, 0.85, depths.size))
     for k, depth in enumerate(depths):
-        per_layer = ds["changes_per_neuron"][k].mean(("member", "line"))
+        # Per member (mean over its segments), then mean and s.e. over members.
+        per_member = np.asarray(ds["changes_per_neuron"][k].mean("line"))
+        per_layer, per_layer_se = _common.mean_and_error(per_member, axis=0)
         theory = ds["changes_per_neuron_theory"][k].mean("line")
         layers = ds["layer"][:depth]
-        ax_a.plot(layers, per_layer[:depth], "o-", color=colors[k], label=f"L={depth}")
+        ax_a.errorbar(
+            layers,
+            per_layer[:depth],
+            per_layer_se[:depth],
+            fmt="o-",
+            ms=4,
+            color=colors[k],
+            label=f"L={depth}",
+        )
         ax_a.plot(layers, theory[:depth], "--", color=colors[k], lw=1)
     ax_a.plot([], [], "k--", lw=1, label="theory (arc)")
     ax_a.set(xlabel="layer l", ylabel="sign changes per neuron per segment")
@@ -343,7 +353,7 @@ def plot(ds: xr.Dataset, path: pathlib.Path) -> None:
     )
     ax_b.xaxis.set_minor_formatter(NullFormatter())
     ax_b.set_ylim(0, None)
-    ax_b.set_title("(a) changes / (length x neurons)", fontsize=10)
+    ax_b.set_title("(b) changes / (length x neurons)", fontsize=10)
     ax_b.legend(fontsize=8)
 
     scaled = ds["region_distance"] * ds["neurons"]
@@ -366,7 +376,7 @@ def plot(ds: xr.Dataset, path: pathlib.Path) -> None:
     )
     ax_c.xaxis.set_minor_formatter(NullFormatter())
     ax_c.set_ylim(0, None)
-    ax_c.set_title("(b) distance to nearest boundary x neurons", fontsize=10)
+    ax_c.set_title("(c) distance to nearest boundary x neurons", fontsize=10)
     ax_c.legend(fontsize=8)
 
     _plot_partition(ds, ax_d)
@@ -405,8 +415,9 @@ def _plot_partition(ds: xr.Dataset, ax) -> None:
     e = float(ds.attrs["plane_extent"])
     ax.set(xlim=(-e, e), ylim=(-e, e), aspect="equal", xlabel="s", ylabel="t")
     ax.set_title(
-        f"(c) {ds.attrs['plane_regions']} regions (N={ds.attrs['plane_width']}, "
-        f"L={depth})\nedges coloured by layer; black: decision boundary",
+        f"(d) {ds.attrs['plane_regions']} regions (N={ds.attrs['plane_width']}, "
+        f"L={depth}); edges coloured by layer\nblack: decision boundary; "
+        "stars: the three digits",
         fontsize=9,
     )
 
@@ -459,7 +470,7 @@ def summary(ds: xr.Dataset) -> str:
         "dist x LN: mean distance to the nearest region boundary x neurons "
         "(theory: independent neurons)\n"
         f"{text}\n\n"
-        f"partition (c): {ds.attrs['plane_regions']} regions in the square "
+        f"partition (d): {ds.attrs['plane_regions']} regions in the square "
         f"|s|, |t| <= {ds.attrs['plane_extent']:.3g} of the plane through 3 "
         f"images, width {ds.attrs['plane_width']}, depth {ds.attrs['plane_depth']}, "
         f"{ds.sizes['segment']} decision-boundary segments"
