@@ -36,6 +36,7 @@ import numpy as np
 import tyro
 import xarray as xr
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 from tqdm.auto import tqdm
 
 import actgeo
@@ -213,6 +214,8 @@ def plot(ds: xr.Dataset, path: pathlib.Path) -> None:
         xlabel="$\\sigma_w^2$",
         ylabel="depth L",
     )
+    ax.set_yticks(depths, [str(d) for d in depths])
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(
         f"tanh, $\\sigma_b^2$={ds.attrs['sigma_b2']}, digits, N={ds.attrs['width']}, "
