@@ -26,9 +26,10 @@ test points:
     Jacobian of the logits, beside the median distance to a neuron's
     boundary and the retention of the first layer's signed distances.
 
-Run ``python experiments/hanin2019_training.py --quick`` (small, CPU, under
-two minutes) or without ``--quick`` (16 members, 10 000 steps, 256 points,
-32 segments: a few minutes on an accelerator).
+Run ``python experiments/hanin2019_training.py --quick`` (4 members, 1000
+steps, about 40 s on a 2-core CPU) or without ``--quick`` (16 members,
+10 000 steps, 256 points, 32 segments: about 45 s on the same CPU, the
+walks dominating at both sizes).
 """
 
 from __future__ import annotations
