@@ -28,8 +28,7 @@ test points:
 
 Run ``python experiments/hanin2019_training.py --quick`` (4 members, 1000
 steps, about 40 s on a 2-core CPU) or without ``--quick`` (16 members,
-10 000 steps, 256 points, 32 segments: about 45 s on the same CPU, the
-walks dominating at both sizes).
+10 000 steps, 256 points, 32 segments: about 45 s on the same CPU).
 """
 
 from __future__ import annotations
