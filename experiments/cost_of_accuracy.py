@@ -242,8 +242,8 @@ def plot(ds: xr.Dataset, path: pathlib.Path) -> None:
     ax_t.set_title("accuracy against measured latency")
     ax_t.legend(fontsize=8)
     fig.suptitle(
-        f"digits, depths {list(ds['depth'].values)}, widths "
-        f"{list(ds['width'].values)}, {ds.attrs['steps']} Adam steps, "
+        f"digits, depths {ds['depth'].values.tolist()}, widths "
+        f"{ds['width'].values.tolist()}, {ds.attrs['steps']} Adam steps, "
         f"{ds.attrs['members']} seeds"
     )
     fig.savefig(path, dpi=120)
