@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import actgeo
-from actgeo.models import ensemble
+from actgeo import kernels
+from actgeo.models import as_params, ensemble, member
 from actgeo.training import make_optimizer, train
 
 
@@ -30,6 +31,7 @@ def train_specs(
     learning_rate: float,
     batch_size: int,
     key: jax.Array,
+    retention_points: int = 0,
 ) -> dict[str, np.ndarray]:
     """Final test accuracy and training loss of ``members`` networks per spec.
 
@@ -41,7 +43,9 @@ def train_specs(
 
     Returns:
       ``test_accuracy`` and ``train_loss``, each ``(S, E)`` (specs, members),
-      from the last evaluation.
+      from the last evaluation; with ``retention_points > 0`` also
+      ``retention_first`` ``(S, E, L)``, the trained networks' context
+      retention per layer on that many test inputs.
     """
     first = specs[0]
     for spec in specs[1:]:
@@ -67,7 +71,32 @@ def train_specs(
     )
     last = result.history.isel(step=-1)
     shape = (len(specs), members)
-    return {
+    out = {
         "test_accuracy": np.asarray(last["test_accuracy"]).reshape(shape),
         "train_loss": np.asarray(last["train_loss"]).reshape(shape),
     }
+    if retention_points:
+        out["retention_first"] = _retention(
+            graphdef, result.state, data, first, retention_points
+        ).reshape(*shape, first.depth)
+    return out
+
+
+def _retention(graphdef, state, data, spec, points):
+    """Context retention per layer of every trained member: ``(E, L)``.
+
+    Held-out ridge R^2 of the layer-1 signed distances ``z_i^1 / |W_i^1|``
+    recovered from ``phi(z^l)`` (:func:`actgeo.kernels.layer_statistics`,
+    its default penalty), on the first ``points`` test images.
+    """
+    probe = jnp.asarray(data.x_test[:points], jnp.float32)
+    x = probe[:4]  # the distance statistics are not used here
+    size = jax.tree.leaves(state)[0].shape[0]
+    rows = []
+    for i in range(size):
+        params = as_params(member(graphdef, state, i))
+        stats = kernels.layer_statistics(
+            params, x, spec.activation, probe_x=probe, residual=spec.residual
+        )
+        rows.append(np.asarray(stats.retention_first))
+    return np.stack(rows)

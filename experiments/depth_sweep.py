@@ -47,6 +47,8 @@ from actgeo.models import critical_spec
 NAME = "depth_sweep"
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "gelu", "silu", "erf")
 INITS = ("customary", "critical")
+# Test images on which the trained networks' context retention is probed.
+RETENTION_POINTS = 256
 CRITICAL_SIGMA_B = {
     "sigmoid": 0.3,
     "tanh": 0.3,
@@ -119,6 +121,7 @@ def run(args: Args) -> xr.Dataset:
     shape = (len(acts), len(INITS), len(depths), sizes["members"])
     accuracy = np.full(shape, np.nan)
     loss = np.full(shape, np.nan)
+    retention = np.full((*shape, max(depths)), np.nan)
     sigma_w = np.zeros((len(acts), len(INITS)))
     sigma_b = np.zeros((len(acts), len(INITS)))
     cells = [(a, d) for a in range(len(acts)) for d in range(len(depths))]
@@ -135,14 +138,17 @@ def run(args: Args) -> xr.Dataset:
             learning_rate=args.learning_rate,
             batch_size=args.batch_size,
             key=jax.random.fold_in(jax.random.fold_in(root, a), depths[d]),
+            retention_points=RETENTION_POINTS,
         )
         accuracy[a, :, d] = out["test_accuracy"]
         loss[a, :, d] = out["train_loss"]
+        retention[a, :, d, :, : depths[d]] = out["retention_first"]
     dims = ("activation", "init", "depth", "member")
     return xr.Dataset(
         {
             "test_accuracy": (dims, accuracy),
             "train_loss": (dims, loss),
+            "retention_first": ((*dims, "layer"), retention),
             "sigma_w": (("activation", "init"), sigma_w),
             "sigma_b": (("activation", "init"), sigma_b),
         },
@@ -151,6 +157,7 @@ def run(args: Args) -> xr.Dataset:
             "init": list(INITS),
             "depth": list(depths),
             "member": np.arange(sizes["members"]),
+            "layer": np.arange(1, max(depths) + 1),
         },
         attrs=dict(
             data=data.description,
@@ -171,9 +178,22 @@ def run(args: Args) -> xr.Dataset:
 
 
 def plot(ds: xr.Dataset, path: pathlib.Path) -> None:
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
+    fig = Figure(figsize=(12, 8.5), layout="constrained")
+    grid = fig.subplots(2, 2, sharey="row")
+    axes, lower = grid[0], grid[1]
     depths = ds["depth"].values
+    for ax, init in zip(lower, ds["init"].values, strict=True):
+        for i, act in enumerate(ds["activation"].values):
+            r = ds["retention_first"].sel(activation=act, init=init).values
+            # (depth, member, layer) -> each trained network's last layer.
+            last = np.stack([r[d, :, depth - 1] for d, depth in enumerate(depths)])
+            mean, err = _common.mean_and_error(last, axis=1)
+            ax.errorbar(depths, mean, err, fmt="o-", color=f"C{i}", ms=4, label=act)
+        ax.set(xscale="log", xlabel="depth L", ylim=(-0.1, 1.02))
+        ax.set_xticks(depths, [str(d) for d in depths])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(f"{init}: context retention at the last layer, trained")
+    lower[0].set_ylabel("held-out R^2 of layer-1 signed distances")
     for ax, init in zip(axes, ds["init"].values, strict=True):
         for i, act in enumerate(ds["activation"].values):
             acc = ds["test_accuracy"].sel(activation=act, init=init).values

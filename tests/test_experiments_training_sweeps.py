@@ -56,6 +56,13 @@ def test_depth_sweep_end_to_end(tmp_path):
     # tanh at sigma_b = 0.3 sits on its edge of chaos above sigma_w = 1.
     assert float(sigma_w.sel(activation="tanh", init="critical")) > 1.3
     assert "L=2" in (tmp_path / "table.txt").read_text()
+    # Context retention of the trained networks, per layer that exists: the
+    # first layer's own signed distances are recovered from tanh(z^1).
+    retention = stored["retention_first"].values  # (act, init, depth, member, layer)
+    assert retention.shape == (1, 2, 2, 2, 2)
+    assert np.all(np.isnan(retention[:, :, 0, :, 1]))
+    assert np.all(np.isfinite(retention[:, :, 1]))
+    assert np.all(retention[..., 0] > 0.5)
 
 
 def test_trainability_end_to_end(tmp_path):
