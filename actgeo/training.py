@@ -429,13 +429,23 @@ def _member_metrics(static: _Static, params, rest, x, y, train, test):
     (plain,) = backward(jnp.ones_like(loss))
     (scaled,) = backward(jnp.full_like(loss, _GRADIENT_SCALE))
     plain = _layer_norms(static, plain)
-    scaled = _layer_norms(static, scaled) - np.log10(_GRADIENT_SCALE)
-    rescue = (plain < _RESCALE_BELOW) & jnp.isfinite(scaled)
+    scaled_raw = _layer_norms(static, scaled)
+    floor = np.log10(jnp.finfo(scaled_raw.dtype).smallest_subnormal)
+    scaled = scaled_raw - np.log10(_GRADIENT_SCALE)
+    # An exactly zero gradient stays at the floor in both passes (one number
+    # for "zero"); only a gradient the scaled pass resolves is replaced.
+    rescue = (plain < _RESCALE_BELOW) & jnp.isfinite(scaled) & (scaled_raw > floor)
+    norms = jnp.where(rescue, scaled, plain)
+    # A diverged member (non-finite loss or parameters) reports NaN, not the
+    # zero gradients that some activations' derivatives make of NaN inputs.
+    finite = jnp.isfinite(loss)
+    for leaf in jax.tree.leaves(params):
+        finite = finite & jnp.all(jnp.isfinite(leaf))
     return {
         "train_loss": train_loss,
         "test_loss": test_loss,
         "test_accuracy": test_accuracy,
-        "log10_grad_norm": jnp.where(rescue, scaled, plain),
+        "log10_grad_norm": jnp.where(finite, norms, jnp.nan),
     }
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import xarray as xr
 from scipy import special
@@ -438,3 +439,20 @@ def test_cnn_ensemble_trains_on_digit_images():
     assert list(history.layer_name.values) == ["w_in", "w[0]", "w_out"]
     assert np.all(np.isfinite(history.log10_grad_norm))
     assert np.all(history.train_loss[-1] < history.train_loss[0])
+
+
+def test_diverged_members_report_nan_gradient_norms(small):
+    # relu's derivative maps NaN preactivations to exact zeros; a diverged
+    # member must not read as a vanishing gradient.
+    graphdef, state = small
+    result = train(
+        graphdef,
+        state,
+        DIGITS,
+        optimizer=optax.sgd(float("nan")),
+        key=jax.random.key(1),
+        batch_size=32,
+        steps=2,
+        eval_every=2,
+    )
+    assert np.all(np.isnan(result.history["log10_grad_norm"].values[-1]))
