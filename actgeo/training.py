@@ -594,6 +594,8 @@ def _check_schedule(
 
 
 def _check_hooks(hooks, steps) -> list[Hook]:
+    if hooks is None:
+        return []
     if isinstance(hooks, Mapping):
         hooks = list(hooks.items())
     if isinstance(hooks, Hook) or callable(hooks):
@@ -1200,6 +1202,14 @@ def train(
         state=state,
     )
     if checkpoint_dir is not None:
+        if (
+            pathlib.Path(checkpoint_dir).exists()
+            and not pathlib.Path(checkpoint_dir).is_dir()
+        ):
+            raise ValueError(
+                f"checkpoint_dir: expected a directory (or a path to create), got "
+                f"the file {str(checkpoint_dir)!r}"
+            )
         # Fingerprints, so that a checkpoint of other weights or data is refused.
         settings["state_digest"] = _digest(*jax.device_get(jax.tree.leaves(state)))
         settings["data_digest"] = _digest(x_train, y_train, x_test, y_test)

@@ -456,3 +456,21 @@ def test_diverged_members_report_nan_gradient_norms(small):
         eval_every=2,
     )
     assert np.all(np.isnan(result.history["log10_grad_norm"].values[-1]))
+
+
+def test_checkpoint_dir_that_is_a_file_is_refused_before_training(small, tmp_path):
+    graphdef, state = small
+    path = tmp_path / "not_a_directory"
+    path.write_text("")
+    with pytest.raises(ValueError, match="checkpoint_dir: expected a directory"):
+        train(
+            graphdef,
+            state,
+            DIGITS,
+            optimizer=optax.sgd(0.1),
+            key=jax.random.key(1),
+            batch_size=32,
+            steps=2,
+            checkpoint_dir=path,
+            hooks=None,
+        )
