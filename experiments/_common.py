@@ -187,6 +187,16 @@ def measure_stretch(
     return _run(measure, spec, members, key, x.shape[0], dtype, progress, desc)
 
 
+def preset_sizes(args, quick: dict, full: dict) -> dict:
+    """The sizes of a run: each field of ``args`` given explicitly, else the
+    preset's value (``quick`` with ``--quick``, ``full`` otherwise)."""
+    preset = quick if args.quick else full
+    return {
+        k: v if getattr(args, k) is None else getattr(args, k)
+        for k, v in preset.items()
+    }
+
+
 def mean_and_error(values: np.ndarray, axis: int = 0):
     """Mean and its standard error along ``axis`` (members)."""
     n = values.shape[axis]

@@ -109,9 +109,7 @@ class Args:
 
 
 def _resolve(args: Args) -> dict:
-    preset = _QUICK if args.quick else _FULL
-    sizes = {k: getattr(args, k) if getattr(args, k) is not None else v
-             for k, v in preset.items()}  # fmt: skip
+    sizes = _common.preset_sizes(args, _QUICK, _FULL)
     sizes["measure_at"] = tuple(
         sorted({int(s) for s in sizes["measure_at"] if s <= sizes["steps"]})
     )

@@ -77,9 +77,7 @@ class Args:
 
 
 def _resolve(args: Args) -> dict:
-    preset = _QUICK if args.quick else _FULL
-    return {k: getattr(args, k) if getattr(args, k) is not None else v
-            for k, v in preset.items()}  # fmt: skip
+    return _common.preset_sizes(args, _QUICK, _FULL)
 
 
 @functools.partial(jax.jit, static_argnames=("activation",))

@@ -114,11 +114,7 @@ class Args:
 
 
 def _resolve(args: Args) -> dict:
-    preset = _QUICK if args.quick else _FULL
-    return {
-        k: getattr(args, k) if getattr(args, k) is not None else v
-        for k, v in preset.items()
-    }
+    return _common.preset_sizes(args, _QUICK, _FULL)
 
 
 def _fit(per_member: np.ndarray, theory_gap: np.ndarray, plateau: bool, rng):
