@@ -22,6 +22,10 @@ once with :func:`actgeo.sample`, and the same inputs, float32):
   extrapolate linearly;
 * ``vmap of jacfwd``: the same per-network function vmapped over all members
   under one ``jax.jit``;
+* ``torch.func``: ``torch.func.vmap`` over members of ``torch.func.jacfwd``
+  of the same forward pass (vmapped over inputs), on the same weights copied
+  from JAX, with as many torch threads as cores; skipped with a note when
+  torch cannot be imported (it is not a dependency of actgeo);
 * ``matmul``: ``E x [N x N] @ [N x B(1 + D)]`` for each of the ``L - 1``
   layers, chained under ``lax.scan`` (whole ensemble and the best chunk); the
   machine's reference speed for the kernel's propagation.
@@ -219,6 +223,123 @@ def network_stats_fn(activation: str):
         return q, total / count
 
     return run
+
+
+# Activations torch can compute with the same formula as actgeo's registry.
+_TORCH_ACTIVATIONS = {
+    "relu": "relu",
+    "leaky_relu": "leaky_relu",
+    "elu": "elu",
+    "selu": "selu",
+    "gelu": "gelu",
+    "gelu_tanh": "gelu_tanh",
+    "silu": "silu",
+    "softplus": "softplus",
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+    "erf": "erf",
+    "hard_tanh": "hardtanh",
+    "linear": "linear",
+}
+
+
+def torch_stats_fn(activation: str):
+    """The baseline statistics of :func:`network_stats_fn` with ``torch.func``.
+
+    Returns ``(run, torch)``: ``run(params, x)`` takes torch tensors with a
+    leading member axis (``w_in (E, N, D)``, ``b_in (E, N)``, ``w (E, L-1, N,
+    N)``, ``b (E, L-1, N)``) and ``x (B, D)``, and gives ``q (E, L)`` and the
+    mean finite ``log10 delta_in (E, L)``. Raises ImportError without torch
+    and KeyError for an activation torch has no counterpart for.
+    """
+    import torch
+    import torch.nn.functional as tf
+
+    name = _TORCH_ACTIVATIONS[activation]
+    act = {
+        "relu": torch.relu,
+        "leaky_relu": lambda z: tf.leaky_relu(
+            z, dict(actgeo.get_activation("leaky_relu").parameters).get("slope", 0.01)
+        ),
+        "elu": tf.elu,
+        "selu": torch.selu,
+        "gelu": tf.gelu,
+        "gelu_tanh": lambda z: tf.gelu(z, approximate="tanh"),
+        "silu": tf.silu,
+        "softplus": tf.softplus,
+        "tanh": torch.tanh,
+        "sigmoid": torch.sigmoid,
+        "erf": torch.erf,
+        "hardtanh": tf.hardtanh,
+        "linear": lambda z: z,
+    }[name]
+
+    def network(w_in, b_in, w, b, x):
+        def forward(xi):  # (D,) -> z of every layer, (L, N)
+            z = w_in @ xi + b_in
+            zs = [z]
+            for layer in range(w.shape[0]):
+                z = w[layer] @ act(z) + b[layer]
+                zs.append(z)
+            zs = torch.stack(zs)
+            return zs, zs
+
+        jac, z = torch.func.vmap(torch.func.jacfwd(forward, has_aux=True))(x)
+        n = z.shape[-1]
+        q = torch.mean(torch.sum(z * z, dim=-1), dim=0) / n
+        log_delta = torch.log10(torch.abs(z)) - torch.log10(
+            torch.linalg.vector_norm(jac, dim=-1)
+        )
+        finite = torch.isfinite(log_delta)
+        total = torch.sum(torch.where(finite, log_delta, 0.0), dim=(0, 2))
+        count = torch.sum(finite, dim=(0, 2))
+        return q, total / count
+
+    members = torch.func.vmap(network, in_dims=(0, 0, 0, 0, None))
+
+    def run(params, x):
+        with torch.no_grad():
+            return members(*params, x)
+
+    return run, torch
+
+
+def _torch_row(params, x, activation, policy, kernel_q, kernel_delta, checks, log):
+    """The ``torch.func`` row, or None with a message when torch is missing."""
+    try:
+        run, torch = torch_stats_fn(activation)
+    except ImportError:
+        log("  torch.func skipped: torch is not importable")
+        return None
+    except KeyError:
+        log(f"  torch.func skipped: no torch counterpart of {activation!r}")
+        return None
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    if params.w_out is not None:
+        log("  torch.func skipped: networks with a readout are not supported")
+        return None
+    tensors = tuple(
+        torch.from_numpy(np.array(a, np.float32))
+        for a in (params.w_in, params.b_in, params.w, params.b)
+    )
+    tx = torch.from_numpy(np.array(x, np.float32))
+    start = time.perf_counter()
+    run(tensors, tx)  # the first call (torch.func traces in Python every call)
+    first = time.perf_counter() - start
+    seconds, (q, delta) = best_of(lambda: run(tensors, tx), policy)
+    checks["torch.func vs kernel: q, max rel diff"] = _rel_diff(q.numpy(), kernel_q)
+    checks["torch.func vs kernel: mean log10 delta_in, max abs diff"] = _abs_diff(
+        delta.numpy(), kernel_delta
+    )
+    return Result(
+        "torch.func vmap of jacfwd",
+        seconds,
+        None,
+        note=f"torch {torch.__version__}, {threads} threads, eager; first call "
+        f"{first:.2f} s",
+        extra={"torch": torch.__version__, "threads": threads, "first_call": first},
+    )
 
 
 def matmul_chain(w_layers, cols):
@@ -501,6 +622,16 @@ def run_shape(shape: Shape, args, log) -> dict:
     )
     results.append(Result("vmap of jacfwd (one jit)", seconds, comp, memory_gib(exe)))
     log(f"  vmap of jacfwd: {seconds:.3f} s (compile {comp:.1f} s)")
+    del q, delta
+
+    # (c') torch.func: vmap over members of jacfwd, same weights and inputs.
+    if not args.no_torch:
+        row = _torch_row(
+            params, x, args.activation, policy, kernel_q, kernel_delta, checks, log
+        )
+        if row is not None:
+            results.append(row)
+            log(f"  torch.func: {row.seconds:.3f} s")
 
     # (d) Dense batched matmul with the propagation's FLOPs and shapes. Weights
     # layer-major (L-1, E, N, N), divided by sigma_w so that the columns keep
@@ -778,6 +909,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--no-run-ensemble",
         action="store_true",
         help="skip the actgeo.ensemble.run_ensemble row",
+    )
+    parser.add_argument(
+        "--no-torch",
+        action="store_true",
+        help="skip the torch.func row (skipped anyway when torch is missing)",
     )
     parser.add_argument(
         "--bins",
