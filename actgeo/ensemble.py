@@ -8,9 +8,23 @@ per-member scalars come back as ``(E, L)`` arrays. The host waits only at
 chunk boundaries. Every chunk has the same shape (the last one is padded with
 masked members), so a run compiles once.
 
-Results do not depend on the chunk size or on the order in which members are
-given: member ``i`` depends only on ``(key, i)``, counts are integers, and
+The member axis is sharded over the local devices: each chunk's member
+indices are laid out over a one-axis mesh named ``members``
+(``NamedSharding(mesh, P("members"))``), and each device runs the same
+single-device program on its own slice, drawing and measuring its members;
+the devices' counts are summed on the host. Running one program per device,
+rather than one partitioned program for all, is what keeps the numbers
+identical for any device count: XLA optimises a partitioned program
+differently (it rewrote a division into a reciprocal multiply in one and not
+the other, moving sums by an ulp). No device talks to another, so the same
+code runs inside each process of a multi-host job.
+
+Results do not depend on the chunk size, the number of devices or the order
+in which members are given: member ``i`` depends only on ``(key, i)``, every
+member is computed by the same compiled loop body, counts are integers, and
 floating-point totals are summed on the host in increasing member index.
+Results of disjoint sets of members combine exactly with
+:meth:`EnsembleResult.concatenate`.
 """
 
 from __future__ import annotations
@@ -18,11 +32,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+import pathlib
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from actgeo.activations import switched
@@ -32,9 +50,11 @@ from actgeo.kernels.statistics import LayerStats, StatsConfig, layer_statistics
 from actgeo.networks import NetworkSpec, _sample_members
 
 __all__ = [
+    "MESH_AXIS",
     "EnsembleResult",
     "default_memory_budget",
     "estimate_member_bytes",
+    "member_mesh",
     "run_ensemble",
 ]
 
@@ -50,6 +70,8 @@ SCALARS = (
 # Distance statistics, pooled over members, inputs and neurons.
 DISTANCES = ("delta_in", "delta_rep", "region")
 _CPU_CHUNK_CAP = 64
+# Name of the mesh axis that the member axis is split over.
+MESH_AXIS = "members"
 # Member indices are folded into the key as uint32.
 MAX_MEMBERS = 2**32
 
@@ -64,13 +86,19 @@ class EnsembleResult:
         retention entries are absent when no probe (or target) was given.
       distances: name -> pooled :class:`LogSummary` over members, inputs and
         neurons, with NumPy arrays (``counts (L, bins)`` int64, others ``(L,)``).
+        ``log_sum`` is the sum of ``member_log_sums`` in increasing member
+        index.
       config: the statistics' settings (bins, probe penalty).
+      member_log_sums: name -> ``(E, L)`` float64 sum of each member's finite
+        ``log10`` distances (rows follow ``members``); what lets results of
+        disjoint members combine exactly.
     """
 
     members: np.ndarray
     scalars: dict[str, np.ndarray]
     distances: dict[str, LogSummary]
     config: StatsConfig
+    member_log_sums: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def _summary(self, name: str) -> LogSummary:
         if name not in self.distances:
@@ -88,10 +116,121 @@ class EnsembleResult:
         """``(L,)`` mean of the finite ``log10`` values of a pooled distance."""
         return histogram.mean(self._summary(name))
 
+    @classmethod
+    def concatenate(cls, results: Sequence[EnsembleResult]) -> EnsembleResult:
+        """One result for the union of disjoint ensembles' members.
+
+        Equal, bit for bit, to a single run over all the members: counts are
+        integers, rows are concatenated in the order given, and ``log_sum``
+        is summed again in increasing member index.
+
+        Raises:
+          ValueError: no results, members that repeat, or results measured
+            with different statistics settings or statistics.
+        """
+        results = list(results)
+        if not results:
+            raise ValueError("results: expected at least one EnsembleResult")
+        first = results[0]
+        for other in results[1:]:
+            if other.config != first.config:
+                raise ValueError("results: measured with different StatsConfig")
+            if set(other.scalars) != set(first.scalars) or set(other.distances) != set(
+                first.distances
+            ):
+                raise ValueError("results: hold different statistics")
+        members = np.concatenate([r.members for r in results])
+        if np.unique(members).size != members.size:
+            raise ValueError("results: member indices repeat between results")
+        scalars = {
+            name: np.concatenate([r.scalars[name] for r in results])
+            for name in first.scalars
+        }
+        log_sums = {
+            name: np.concatenate([r.member_log_sums[name] for r in results])
+            for name in first.distances
+        }
+        pooled = {
+            name: [
+                [
+                    np.asarray(getattr(r.distances[name], field), np.int64)
+                    for field in _COUNT_FIELDS
+                ]
+                for r in results
+            ]
+            for name in first.distances
+        }
+        return _assemble(members, scalars, pooled, log_sums, first.config)
+
+    def save(self, path: str | pathlib.Path) -> None:
+        """Writes the result to ``path`` (``.npz``) atomically.
+
+        The file appears whole or not at all: it is written beside its final
+        place, flushed to disk, and renamed.
+        """
+        path = pathlib.Path(path)
+        arrays = {"members": self.members}
+        for name, value in self.scalars.items():
+            arrays[f"scalar/{name}"] = value
+        for name, summary in self.distances.items():
+            arrays[f"log_sums/{name}"] = self.member_log_sums[name]
+            for field in _COUNT_FIELDS:
+                arrays[f"{field}/{name}"] = np.asarray(getattr(summary, field))
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | pathlib.Path, config: StatsConfig) -> EnsembleResult:
+        """Reads a result written by :meth:`save` (measured with ``config``)."""
+        with np.load(path) as data:
+            arrays = {key: data[key] for key in data.files}
+        members = arrays.pop("members")
+        scalars, log_sums, pooled = {}, {}, {}
+        for key, value in arrays.items():
+            kind, name = key.split("/", 1)
+            if kind == "scalar":
+                scalars[name] = value
+            elif kind == "log_sums":
+                log_sums[name] = value
+        for name in log_sums:
+            pooled[name] = [[arrays[f"{field}/{name}"] for field in _COUNT_FIELDS]]
+        return _assemble(members, scalars, pooled, log_sums, config)
+
+
+_COUNT_FIELDS = ("counts", "n_zero", "n_inf", "n_nan", "n_clipped")
+
+
+def _assemble(members, scalars, pooled, log_sums, config) -> EnsembleResult:
+    """An :class:`EnsembleResult` from per-member rows and parts of the counts.
+
+    ``pooled`` maps each distance to a list of parts, each the five count
+    arrays of :data:`_COUNT_FIELDS`; parts are summed as int64. ``log_sum`` is
+    summed row by row in increasing member index, so it does not depend on how
+    the members were split into parts.
+    """
+    order = np.argsort(members, kind="stable")
+    distances = {}
+    for name, parts in pooled.items():
+        totals = [
+            functools.reduce(np.add, [np.asarray(p[k], np.int64) for p in parts])
+            for k in range(len(_COUNT_FIELDS))
+        ]
+        rows = np.asarray(log_sums[name], np.float64)
+        distances[name] = LogSummary(
+            log_sum=_ordered_sum(rows[order]),
+            **dict(zip(_COUNT_FIELDS, totals, strict=True)),
+        )
+    log_sums = {name: np.asarray(v, np.float64) for name, v in log_sums.items()}
+    return EnsembleResult(members, scalars, distances, config, log_sums)
+
 
 def default_memory_budget(device: jax.Device | None = None) -> int:
     """Bytes a run may use: half the device's free memory, or 2 GiB on a CPU."""
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]
     stats = None
     try:
         stats = device.memory_stats()
@@ -170,7 +309,12 @@ def _stacked_counts(stats: LayerStats):
         "choices",
     ),
 )
-def _chunk(
+def _chunk(*args, **static):
+    """One device's share of a chunk (see :func:`_device_chunk`), compiled."""
+    return _device_chunk(*args, **static)
+
+
+def _device_chunk(
     key,
     members,
     mask,
@@ -191,6 +335,11 @@ def _chunk(
     micro_batch,
     choices,
 ):
+    """The members one device measures, ``micro_batch`` at a time.
+
+    Returns per-member scalars and log sums (rows follow ``members``) and,
+    for each distance, the five count arrays summed over the valid members.
+    """
     if choices:
         activation = switched(choices, choice)
     measure = functools.partial(
@@ -220,8 +369,8 @@ def _chunk(
         return counts, _reduce(stats, valid)
 
     # Members run micro_batch at a time under lax.scan: every member is
-    # computed by the same compiled program whatever the chunk size, so
-    # results are bit-identical across chunkings.
+    # computed by the same compiled program whatever the chunk size or the
+    # number of devices, so results are bit-identical across both.
     ids = members.reshape(-1, micro_batch)
     valid = mask.reshape(-1, micro_batch).astype(jnp.int32)
     n_layers = shape[2]
@@ -244,6 +393,39 @@ def _chunk(
         for k, (name, value) in enumerate(pooled.items())
     }
     return flat[0], pooled, flat[1]
+
+
+def member_mesh(devices: int | Sequence[jax.Device] | None = None) -> Mesh:
+    """A one-axis mesh named ``members`` over this process's devices.
+
+    Args:
+      devices: ``None`` for every local device, a count ``k`` for the first
+        ``k`` of them, or the devices themselves.
+
+    Raises:
+      ValueError: a count outside ``1..len(jax.local_devices())``, an empty
+        list, or devices that belong to another process.
+    """
+    local = jax.local_devices()
+    if devices is None:
+        chosen = local
+    elif _is_count(devices):
+        if not 1 <= devices <= len(local):
+            raise ValueError(
+                f"devices: expected a count in 1..{len(local)} (this process's "
+                f"devices), got {devices}"
+            )
+        chosen = local[:devices]
+    else:
+        chosen = list(devices)
+        if not chosen or any(d not in local for d in chosen):
+            raise ValueError(
+                "devices: expected a non-empty list of this process's devices "
+                f"({', '.join(map(str, local))}), got {chosen}"
+            )
+        if len(set(chosen)) != len(chosen):
+            raise ValueError(f"devices: devices repeat in {chosen}")
+    return Mesh(np.array(chosen), (MESH_AXIS,))
 
 
 def _is_count(value) -> bool:
@@ -282,15 +464,19 @@ def plan_chunk(
     *,
     chunk_size: int | None,
     memory_budget: int | None,
+    device: jax.Device | None = None,
 ) -> int:
     """Chooses the chunk size from the budget, or checks a requested one.
+
+    ``per_member`` is :func:`estimate_member_bytes`; the budget, by default
+    :func:`default_memory_budget` of ``device``, is per device.
 
     Raises:
       MemoryError: even one member, or the requested chunk, exceeds the budget;
         the message gives the estimate and a chunk size that fits.
     """
     if memory_budget is None:
-        budget = default_memory_budget()
+        budget = default_memory_budget(device)
     elif not (
         isinstance(memory_budget, int | float | np.integer | np.floating)
         and math.isfinite(memory_budget)
@@ -320,7 +506,8 @@ def plan_chunk(
                 f"{_gib(budget)}; use chunk_size <= {fits} or raise the budget"
             )
         return min(chunk_size, n_members)
-    cap = _CPU_CHUNK_CAP if jax.default_backend() == "cpu" else fits
+    platform = (device or jax.local_devices()[0]).platform
+    cap = _CPU_CHUNK_CAP if platform == "cpu" else fits
     return max(1, min(fits, cap, n_members))
 
 
@@ -342,6 +529,7 @@ def run_ensemble(
     dtype=jnp.float32,
     micro_batch: int | None = None,
     compile_for: Sequence[str] | None = None,
+    devices: int | Sequence[jax.Device] | None = None,
     progress: bool | str = False,
 ) -> EnsembleResult:
     """Measures per-layer statistics over an ensemble of random networks.
@@ -355,10 +543,11 @@ def run_ensemble(
         distance ``(P,)`` for the retention probes (see
         :func:`actgeo.kernels.layer_statistics`).
       config: statistics settings.
-      chunk_size: members per compiled call; by default the most that fit
-        ``memory_budget`` (capped at 64 on a CPU, where smaller chunks run
-        faster).
-      memory_budget: bytes; by default :func:`default_memory_budget`.
+      chunk_size: members per device per compiled call; by default the most
+        that fit ``memory_budget`` (capped at 64 on a CPU, where smaller chunks
+        run faster). One call measures ``chunk_size`` members on each device.
+      memory_budget: bytes per device; by default
+        :func:`default_memory_budget` of the first device.
       dtype: float dtype of parameters and inputs.
       micro_batch: members vmapped together inside a chunk (the chunk runs
         them in sequence). Results are bit-identical for any chunk size at a
@@ -366,6 +555,8 @@ def run_ensemble(
       compile_for: activation names to compile one shared program for (the
         spec's activation among them, chosen at run time); runs over several
         activations of the same shapes then compile once.
+      devices: the devices the member axis is split over (see
+        :func:`member_mesh`); by default every device of this process.
       progress: show a progress bar (a string sets its description); it moves
         when a chunk's results have reached the host.
 
@@ -401,12 +592,18 @@ def run_ensemble(
         raise ValueError("run_ensemble: " + "; ".join(problems))
     n_inputs = np.shape(x)[0]
     n_probe = 0 if probe_x is None else np.shape(probe_x)[0]
+    mesh = member_mesh(devices)
+    n_devices = mesh.devices.size
     per_member = estimate_member_bytes(spec, n_inputs, n_probe, config, dtype)
     chunk = plan_chunk(
-        per_member, member_ids.size, chunk_size=chunk_size, memory_budget=memory_budget
+        per_member,
+        -(-member_ids.size // n_devices),
+        chunk_size=chunk_size,
+        memory_budget=memory_budget,
+        device=mesh.devices.flat[0],
     )
     if micro_batch is None:
-        micro_batch = 1 if jax.default_backend() == "cpu" else 32
+        micro_batch = 1 if mesh.devices.flat[0].platform == "cpu" else 32
     if not isinstance(micro_batch, int) or micro_batch < 1:
         raise ValueError(f"micro_batch: expected a positive integer, got {micro_batch}")
     micro_batch = min(micro_batch, chunk)
@@ -443,9 +640,16 @@ def run_ensemble(
         jnp.asarray(spec.residual or 1.0, dtype),
     )
 
+    global_chunk = chunk * n_devices
+    split = NamedSharding(mesh, P(MESH_AXIS))
+    # The arguments every device shares, placed on each device once.
+    shared = {
+        device: jax.device_put((key, *traced, x, probe_x, probe_target, choice), device)
+        for device in mesh.devices.flat
+    }
     scalar_parts: dict[str, list[np.ndarray]] = {}
     log_sum_parts: dict[str, list[np.ndarray]] = {}
-    pooled: dict[str, list[np.ndarray] | None] = {}
+    pooled: dict[str, list] = {}
     bar = tqdm(
         total=member_ids.size,
         unit="member",
@@ -454,55 +658,47 @@ def run_ensemble(
         leave=False,
     )
     with bar, jax.threefry_partitionable(True):
-        for start in range(0, member_ids.size, chunk):
-            ids = member_ids[start : start + chunk]
+        for start in range(0, member_ids.size, global_chunk):
+            ids = member_ids[start : start + global_chunk]
             n_valid = ids.size
-            padded = np.concatenate([ids, np.full(chunk - n_valid, ids[-1])])
-            mask = np.arange(chunk) < n_valid
-            scalars, sums, log_sums = _chunk(
-                key,
-                jnp.asarray(padded, jnp.uint32),
-                jnp.asarray(mask),
-                *traced,
-                x,
-                probe_x,
-                probe_target,
-                choice,
-                **static,
-            )
-            scalars, sums, log_sums = jax.device_get((scalars, sums, log_sums))
-            for name, value in scalars.items():
-                if value is not None:
-                    scalar_parts.setdefault(name, []).append(value[:n_valid])
-            for name, value in log_sums.items():
-                log_sum_parts.setdefault(name, []).append(value[:n_valid])
-            for name, value in sums.items():
-                if value is None:
-                    pooled[name] = None
-                    continue
-                value = [np.asarray(v, np.int64) for v in value]
-                if name in pooled and pooled[name] is not None:
-                    value = [a + b for a, b in zip(pooled[name], value, strict=True)]
-                pooled[name] = value
+            padded = np.concatenate([ids, np.full(global_chunk - n_valid, ids[-1])])
+            mask = np.arange(global_chunk) < n_valid
+            ids_sharded = jax.device_put(padded.astype(np.uint32), split)
+            mask_sharded = jax.device_put(mask, split)
+            # Dispatch every device's share before waiting for any.
+            outputs = [
+                _chunk(
+                    *shared[shard.device][:1],
+                    shard.data,
+                    mask_shard.data,
+                    *shared[shard.device][1:],
+                    **static,
+                )
+                for shard, mask_shard in zip(
+                    ids_sharded.addressable_shards,
+                    mask_sharded.addressable_shards,
+                    strict=True,
+                )
+            ]
+            outputs = jax.device_get(outputs)
+            for name in outputs[0][0]:
+                if outputs[0][0][name] is not None:
+                    rows = np.concatenate([out[0][name] for out in outputs])
+                    scalar_parts.setdefault(name, []).append(rows[:n_valid])
+            for name in outputs[0][2]:
+                rows = np.concatenate([out[2][name] for out in outputs])
+                log_sum_parts.setdefault(name, []).append(rows[:n_valid])
+            for name in outputs[0][1]:
+                if outputs[0][1][name] is not None:
+                    # One part per device; masked members added nothing.
+                    pooled.setdefault(name, []).extend(out[1][name] for out in outputs)
             bar.update(n_valid)
 
     scalars_out = {name: np.concatenate(parts) for name, parts in scalar_parts.items()}
-    order = np.argsort(member_ids, kind="stable")
-    distances = {}
-    for name, value in pooled.items():
-        if value is None:
-            continue
-        counts, n_zero, n_inf, n_nan, n_clipped = value
-        log_sum = np.concatenate(log_sum_parts[name]).astype(np.float64)[order]
-        distances[name] = LogSummary(
-            counts=counts,
-            log_sum=_ordered_sum(log_sum),
-            n_zero=n_zero,
-            n_inf=n_inf,
-            n_nan=n_nan,
-            n_clipped=n_clipped,
-        )
-    return EnsembleResult(member_ids, scalars_out, distances, config)
+    log_sums_out = {
+        name: np.concatenate(log_sum_parts[name]).astype(np.float64) for name in pooled
+    }
+    return _assemble(member_ids, scalars_out, pooled, log_sums_out, config)
 
 
 def _ordered_sum(values: np.ndarray) -> np.ndarray:

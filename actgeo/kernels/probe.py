@@ -45,8 +45,12 @@ def ridge_predictions(
     rms = jnp.sqrt(jnp.mean(x_tr * x_tr))
     informative = jnp.logical_not(rms == 0)
     rms = jnp.where(informative, rms, jnp.ones_like(rms))
-    x_tr = x_tr / rms
-    x_te = x_te / rms
+    # Multiply by the reciprocal rather than divide: XLA rewrites a division
+    # by a broadcast scalar into this form in some programs and not in others
+    # (a sharded one, say), which moved the result by an ulp between them.
+    inv_rms = 1.0 / rms
+    x_tr = x_tr * inv_rms
+    x_te = x_te * inv_rms
     y_mu = jnp.mean(y_tr, axis=0)
     y_c = y_tr - y_mu[None]
     lam = ridge * n_train
