@@ -695,7 +695,40 @@ def _fmt_seconds(s: float) -> str:
     return f"{s:.3g}" if s < 100 else f"{s:.0f}"
 
 
-def markdown_table(record: dict) -> str:
+# Dense (no sparsity) peak TFLOP/s from NVIDIA's datasheets: float32 on the
+# CUDA cores and TF32 on the tensor cores (which XLA may use for float32
+# matmuls at the default precision). Matched in order against device_kind.
+KNOWN_PEAKS = (
+    ("H200", {"float32": 67.0, "tf32": 494.7}),
+    ("H100 PCIe", {"float32": 51.2, "tf32": 378.0}),
+    ("H100", {"float32": 67.0, "tf32": 494.7}),
+    ("A100", {"float32": 19.5, "tf32": 156.0}),
+)
+
+
+def device_peak(kind: str | None = None) -> dict:
+    """``{"kind", "float32", "tf32"}`` peaks of a device, ``None`` if unknown."""
+    kind = jax.devices()[0].device_kind if kind is None else kind
+    for name, peaks in KNOWN_PEAKS:
+        if name.lower() in kind.lower():
+            return {"kind": kind, **peaks}
+    return {"kind": kind, "float32": None, "tf32": None}
+
+
+def _peak_text(peak: dict) -> str:
+    if peak["float32"] is None:
+        return f"Device {peak['kind']}: peak unknown."
+    return (
+        f"Device {peak['kind']}: peak {peak['float32']:g} TFLOP/s float32, "
+        f"{peak['tf32']:g} TF32 (dense, datasheet)."
+    )
+
+
+def _of_peak(tflops: float, peak: float | None) -> str:
+    return "unknown" if peak is None else f"{tflops / peak:.1%}"
+
+
+def markdown_table(record: dict, peak: dict | None = None) -> str:
     shape = Shape(**record["shape"])
     throughput_unit = shape.members * shape.depth * shape.inputs
     kernel = record["kernel_seconds"]
@@ -710,6 +743,12 @@ def markdown_table(record: dict) -> str:
         "| time / kernel | GFLOP/s | of matmul | XLA memory (GiB) | note |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    if peak is not None:
+        lines[2] += " " + _peak_text(peak)
+        lines[4] = lines[4].replace(
+            "| note |", "| TFLOP/s | of float32 peak | of TF32 peak | note |"
+        )
+        lines[5] += "---|---|---|"
     for r in record["results"]:
         t = r["seconds"]
         comp = "" if r["compile_seconds"] is None else f"{r['compile_seconds']:.2f}"
@@ -722,9 +761,19 @@ def markdown_table(record: dict) -> str:
             rate = ratio = gf = frac = ""
             comp = f"{r['compile_seconds']:.2f}" if r["compile_seconds"] else ""
         memory = "" if r["memory_gib"] is None else f"{r['memory_gib']:.2g}"
+        peak_cells = ""
+        if peak is not None:
+            if r["flops"]:
+                tflops = record["flops"] / t / 1e12
+                peak_cells = (
+                    f"{tflops:.3g} | {_of_peak(tflops, peak['float32'])} "
+                    f"| {_of_peak(tflops, peak['tf32'])} | "
+                )
+            else:
+                peak_cells = " |  |  | "
         lines.append(
             f"| {r['method']} | {_fmt_seconds(t)} | {comp} | {rate} | {ratio} "
-            f"| {gf} | {frac} | {memory} | {r['note']} |"
+            f"| {gf} | {frac} | {memory} | {peak_cells}{r['note']} |"
         )
     if record["checks"]:
         lines += ["", "Agreement (same statistics on the same ensemble):", ""]
@@ -911,6 +960,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="skip the actgeo.ensemble.run_ensemble row",
     )
     parser.add_argument(
+        "--peak",
+        action="store_true",
+        help="add TFLOP/s against the device's datasheet peak (float32 and TF32; "
+        "'unknown' for devices not in KNOWN_PEAKS)",
+    )
+    parser.add_argument(
         "--no-torch",
         action="store_true",
         help="skip the torch.func row (skipped anyway when torch is missing)",
@@ -978,10 +1033,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for record in records:
         print()
-        print(markdown_table(record))
+        print(markdown_table(record, device_peak() if args.peak else None))
     if args.json:
         payload = {
             "machine": info,
+            "peak": device_peak() if args.peak else None,
             "settings": {
                 "activation": args.activation,
                 "repeats": args.repeats,

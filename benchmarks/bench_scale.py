@@ -47,6 +47,7 @@ import functools
 import hashlib
 import inspect
 import json
+import math
 import os
 import pathlib
 import platform
@@ -408,6 +409,10 @@ def worker(config: dict) -> dict:
         out["first_call"] = time.perf_counter() - start
         out["seconds"] = _best(run, s.repeats)
         out["scalars"] = {k: _digest(v) for k, v in sorted(result.scalars.items())}
+        out["scalar_values"] = {
+            k: np.asarray(v, np.float64).tolist()
+            for k, v in sorted(result.scalars.items())
+        }
         out["counts"] = {
             k: _digest(v.counts) for k, v in sorted(result.distances.items())
         }
@@ -416,7 +421,9 @@ def worker(config: dict) -> dict:
     # The same draws, sharded over every device along the member axis.
     mesh = Mesh(np.array(jax.devices()), ("members",))
     sharding = NamedSharding(mesh, PartitionSpec("members"))
-    members = 8 * jax.device_count()
+    # The same shape in every run (a multiple of every device count), so the
+    # draws differ only if the sharding changes them.
+    members = math.lcm(*s.devices) * 8
     draws = {}
     for label, impl, partitionable in PRNGS:
         with jax.threefry_partitionable(partitionable):
@@ -427,10 +434,9 @@ def worker(config: dict) -> dict:
             per_member = jax.jit(_draw_fn(257), out_shardings=sharding)(
                 k, jnp.arange(members, dtype=jnp.uint32)
             )
-        # Compare the first 8 members only: the same rows in every run.
         draws[label] = {
-            "whole": _digest(np.asarray(whole)[:8]),
-            "per_member": _digest(np.asarray(per_member)[:8]),
+            "whole": _digest(whole),
+            "per_member": _digest(per_member),
         }
     out["draws"] = draws
     return out
@@ -475,6 +481,14 @@ def section_devices(s: Settings, log) -> list[dict]:
         }
         if "seconds" in row and "seconds" in base:
             row["speedup"] = base["seconds"] / row["seconds"]
+        row["scalar_max_abs_diff"] = {
+            name: float(np.max(np.abs(np.asarray(value) - np.asarray(base_value))))
+            for name, value in row.get("scalar_values", {}).items()
+            if (base_value := base.get("scalar_values", {}).get(name)) is not None
+            and np.shape(value) == np.shape(base_value)
+        }
+        row.pop("scalar_values", None)
+    base.pop("scalar_values", None)
     return rows
 
 
@@ -525,9 +539,10 @@ def table_memory_depth(rows: list[dict], s: Settings) -> str:
         f"### b. XLA memory against depth (N={s.width}, E={s.members}, "
         f"B={s.inputs}, D={s.input_dim}), MiB",
         "",
-        "| L | arguments | outputs | temporaries | temporaries, sampling inside "
-        "| total, sampling inside | E x estimate_member_bytes | estimate / total |",
-        "|---|---|---|---|---|---|---|---|",
+        "| L | arguments | outputs | temporaries | temporaries - outputs "
+        "| temporaries, sampling inside | total, sampling inside "
+        "| E x estimate_member_bytes | estimate / total |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         g, sm = r["memory_given"] or {}, r["memory_sampled"]
@@ -535,7 +550,8 @@ def table_memory_depth(rows: list[dict], s: Settings) -> str:
         est = None if est is None else est * r["members"]
         lines.append(
             f"| {r['depth']} | {_mib(g.get('argument'))} | {_mib(g.get('output'))} "
-            f"| {_mib(g.get('temp'))} | {_mib(sm and sm['temp'])} "
+            f"| {_mib(g.get('temp'))} "
+            f"| {_mib(g and g['temp'] - g['output'])} | {_mib(sm and sm['temp'])} "
             f"| {_mib(_total(sm))} | {_mib(est)} | {_ratio(est, _total(sm))} |"
         )
     a, b = rows[0], rows[-1]
@@ -544,7 +560,10 @@ def table_memory_depth(rows: list[dict], s: Settings) -> str:
         lines += [
             "",
             f"Deepest over shallowest ({b['depth'] / a['depth']:g}x the layers): "
-            f"temporaries {_ratio(gb['temp'], ga['temp'])}, outputs "
+            f"temporaries {_ratio(gb['temp'], ga['temp'])}, temporaries "
+            "less outputs "
+            + _ratio(gb["temp"] - gb["output"], ga["temp"] - ga["output"])
+            + ", outputs "
             f"{_ratio(gb['output'], ga['output'])}, arguments (the weights) "
             f"{_ratio(gb['argument'], ga['argument'])}; sampling inside, "
             "temporaries "
@@ -641,6 +660,16 @@ def table_devices(rows: list[dict], s: Settings) -> str:
             f"| {'yes' if r['counts_equal'] else 'NO'} "
             f"| {'yes' if r.get('has_devices_argument') else 'no'} |"
         )
+    for r in rows:
+        diffs = {k: v for k, v in r.get("scalar_max_abs_diff", {}).items() if v}
+        if diffs:
+            lines += [
+                "",
+                f"{r['devices']} devices, scalars that differ from 1 device (max "
+                "abs diff): "
+                + ", ".join(f"{k} {v:.2g}" for k, v in diffs.items())
+                + ".",
+            ]
     lines += [
         "",
         "run_ensemble is called as `run_ensemble(spec, x, members=E, key=key)`; "
