@@ -80,10 +80,24 @@ class SweepArgs:
     memory_budget_gib: float | None = None
     """Memory a chunk may use, in GiB (when omitted: half an accelerator's free
     memory, or 2 on a CPU)."""
+    devices: int | None = None
+    """How many of this process's devices to split the members over (when omitted:
+    all of them)."""
     overwrite: bool = False
     """Replace an existing store at --out instead of resuming it."""
     progress: bool = True
     """Show progress bars."""
+    distributed: bool = False
+    """Join a multi-process run through jax.distributed.initialize(): every process
+    runs the same command with the same --out on a shared file system. The
+    coordinator, process count and index come from the cluster (SLURM, Open MPI,
+    Cloud TPU, ...) or from the three options below."""
+    coordinator: str | None = None
+    """With --distributed: host:port of process 0's coordinator."""
+    num_processes: int | None = None
+    """With --distributed: how many processes take part."""
+    process_id: int | None = None
+    """With --distributed: this process's index, 0..num-processes - 1."""
 
     def config(self):
         from actgeo.sweep import SweepConfig
@@ -120,9 +134,46 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def _join(args: SweepArgs) -> None:
+    """Joins the multi-process run described by ``args`` (before any JAX work)."""
+    given = {
+        "coordinator": args.coordinator,
+        "num-processes": args.num_processes,
+        "process-id": args.process_id,
+    }
+    if not args.distributed:
+        named = [f"--{name}" for name, value in given.items() if value is not None]
+        if named:
+            raise ValueError(f"{', '.join(named)}: only with --distributed")
+        return
+    if args.num_processes is not None and args.num_processes < 1:
+        raise ValueError(
+            f"num-processes: expected a positive integer, got {args.num_processes}"
+        )
+    if args.process_id is not None and not (
+        0 <= args.process_id < (args.num_processes or args.process_id + 1)
+    ):
+        raise ValueError(
+            f"process-id: expected 0..{(args.num_processes or 1) - 1}, got "
+            f"{args.process_id}"
+        )
+    import jax
+
+    jax.distributed.initialize(
+        coordinator_address=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+    )
+
+
 def sweep(args: SweepArgs) -> int:
     """Runs the sweep described by ``args``; returns the exit status."""
     try:
+        _join(args)
+        if args.devices is not None and args.devices < 1:
+            raise ValueError(
+                f"devices: expected a positive integer, got {args.devices}"
+            )
         config = args.config()
         budget = None
         if args.memory_budget_gib is not None:
@@ -143,16 +194,19 @@ def sweep(args: SweepArgs) -> int:
         print(f"actgeo sweep: error: {err}", file=sys.stderr)
         return 2
 
+    import jax
+
     _enable_compilation_cache()
     if config.dtype == "float64":
-        import jax
-
         jax.config.update("jax_enable_x64", True)
     from actgeo.figures import plot_sweep, summary_table
     from actgeo.sweep import run_sweep
 
+    rank = jax.process_index()
+    prefix = f"process {rank}: " if jax.process_count() > 1 else ""
     started = time.perf_counter()
     print(
+        f"{prefix}"
         f"actgeo sweep: {len(config.activations)} activations x "
         f"{len(config.datasets)} data sets, {config.members} members of width "
         f"{config.width} and depth {config.depth} -> {args.out}",
@@ -164,12 +218,13 @@ def sweep(args: SweepArgs) -> int:
             args.out,
             chunk_size=args.chunk_size,
             memory_budget=budget,
+            devices=args.devices,
             overwrite=args.overwrite,
             progress=args.progress,
-            log=lambda line: print(line, flush=True),
+            log=lambda line: print(f"{prefix}{line}", flush=True),
         )
-    except (ValueError, MemoryError) as err:
-        print(f"actgeo sweep: error: {err}", file=sys.stderr)
+    except (ValueError, MemoryError, OSError, RuntimeError) as err:
+        print(f"actgeo sweep: {prefix}error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
@@ -178,6 +233,10 @@ def sweep(args: SweepArgs) -> int:
             file=sys.stderr,
         )
         return 130
+    if rank != 0:
+        # Process 0 draws the figure and the table; the store is complete here.
+        print(f"{prefix}done in {time.perf_counter() - started:.1f} s", flush=True)
+        return 0
     figure = plot_sweep(ds, args.out / "sweep.png")
     table = summary_table(ds)
     (args.out / "summary.txt").write_text(table + "\n")

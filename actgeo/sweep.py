@@ -32,8 +32,11 @@ theory's scope.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import pathlib
+import platform
 import shutil
 import zlib
 from collections.abc import Callable
@@ -42,6 +45,7 @@ from typing import Literal
 import jax
 import numpy as np
 import xarray as xr
+from tqdm.auto import tqdm
 
 import actgeo
 from actgeo import data as data_lib
@@ -53,6 +57,7 @@ from actgeo.ensemble import (
     SCALARS,
     EnsembleResult,
     estimate_member_bytes,
+    member_mesh,
     plan_chunk,
     run_ensemble,
 )
@@ -333,6 +338,8 @@ def _template(config: SweepConfig) -> xr.Dataset:
         actgeo_version=actgeo.__version__,
         jax_version=jax.__version__,
         devices=", ".join(str(d) for d in jax.devices()),
+        processes=jax.process_count(),
+        versions=json.dumps(_versions(), sort_keys=True),
         distance_units=(
             "log10 of the distance; delta_in and region in the input's units, "
             "delta_rep in the units of the layer's input phi(z^(l-1))"
@@ -350,6 +357,19 @@ def _template(config: SweepConfig) -> xr.Dataset:
         ),
     )
     return ds
+
+
+def _versions() -> dict[str, str]:
+    """Versions of the packages that make the numbers."""
+    import importlib.metadata as metadata
+
+    found = {"python": platform.python_version()}
+    for name in ("actgeo", "jax", "jaxlib", "numpy", "xarray", "zarr"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "unknown"
+    return found
 
 
 def _descriptions() -> dict[str, str]:
@@ -477,7 +497,19 @@ def _open_or_create(config: SweepConfig, store: pathlib.Path, overwrite: bool):
     # that a run killed meanwhile leaves no half-made store behind.
     partial = store.with_name(store.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    _template(config).to_zarr(partial, mode="w", consolidated=False)
+    template = _template(config)
+    # One zarr chunk per cell and variable: writing a cell touches no other
+    # cell's files, so a write killed half-way spoils nothing already done.
+    encoding = {
+        name: {
+            "chunks": tuple(
+                1 if dim in ("activation", "dataset") else size
+                for dim, size in zip(var.dims, var.shape, strict=True)
+            )
+        }
+        for name, var in template.data_vars.items()
+    }
+    template.to_zarr(partial, mode="w", consolidated=False, encoding=encoding)
     if store.is_dir():
         shutil.rmtree(store)
     elif store.exists():
@@ -526,24 +558,45 @@ def run_sweep(
     *,
     chunk_size: int | None = None,
     memory_budget: int | None = None,
+    devices: int | None = None,
     overwrite: bool = False,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> xr.Dataset:
     """Runs every cell not yet done and returns the store's dataset.
 
+    Each cell's members are measured in blocks of ``chunk_size`` members per
+    device (:func:`actgeo.ensemble.run_ensemble`), and every block is saved
+    to ``out/blocks`` as soon as it is computed; when a cell's blocks cover
+    all its members they are combined (bit-identical to one run over all of
+    them), written into the cell's region of ``results.zarr`` (every variable
+    is chunked per cell), marked done, and removed. A run killed at any
+    moment resumes with the same call: done cells are skipped, saved blocks
+    are kept, and only missing members are computed.
+
+    Under :func:`jax.distributed.initialize` with several processes, every
+    process runs this same call: the blocks of each cell are dealt out among
+    the processes (each on its local devices), and each cell is combined and
+    written by one process, so no two processes write one file or zarr chunk.
+    ``out`` must be a folder every process sees (a shared file system).
+
     Args:
       config: the sweep's settings.
       out: folder for ``results.zarr``.
-      chunk_size, memory_budget: see :func:`actgeo.ensemble.run_ensemble`;
-        checked for every cell before any work starts.
+      chunk_size, memory_budget: members and bytes per device per compiled
+        call (see :func:`actgeo.ensemble.run_ensemble`); checked for every
+        cell before any work starts.
+      devices: how many of this process's devices to use (all by default).
       overwrite: replace an existing store instead of resuming it.
-      progress: show progress bars.
+      progress: show a progress bar per cell.
       log: where to report each finished cell (a callable taking a line).
 
     Raises:
-      ValueError: a store with different settings exists at ``out``.
+      ValueError: a store with different settings exists at ``out``, or
+        ``out`` cannot be used.
       MemoryError: a cell cannot fit the memory budget.
+      OSError: the store cannot be written (read-only, no space left); what
+        was already written is kept.
     """
     log = log or (lambda _line: None)
     out = pathlib.Path(out)
@@ -572,27 +625,50 @@ def run_sweep(
             f"{template_bytes / 2**30:.3g} GiB of host memory, above "
             f"{_MAX_TEMPLATE_BYTES / 2**30:.3g} GiB; use fewer members per sweep"
         )
+    mesh = member_mesh(devices)
     stats_config = config.stats_config()
     inputs = {name: _inputs(config, name) for name in config.datasets}
     # Plan every cell first: a budget that one cell cannot meet fails before
     # any cell runs.
+    block = {}
     for dataset in inputs:
         spec = config.spec(config.activations[0], dataset)
         per_member = estimate_member_bytes(
             spec, config.inputs, config.probe, stats_config, dtype
         )
-        plan_chunk(
+        chunk = plan_chunk(
             per_member,
-            config.members,
+            -(-config.members // mesh.devices.size),
             chunk_size=chunk_size,
             memory_budget=memory_budget,
+            device=mesh.devices.flat[0],
         )
-    done = _open_or_create(config, store, overwrite)
+        block[dataset] = chunk * mesh.devices.size
+    n_processes, rank = jax.process_count(), jax.process_index()
+    if rank == 0:
+        _check_writable(out, _store_bytes(config))
+    done = _collective(
+        lambda: _open_or_create(config, store, overwrite),
+        (len(config.activations), len(config.datasets)),
+        "opening the store",
+    )
+    blocks = out / "blocks"
+    if overwrite and rank == 0:
+        shutil.rmtree(blocks, ignore_errors=True)
+    _barrier("store ready")
     cells = [
         (i, j, activation, dataset)
         for i, activation in enumerate(config.activations)
         for j, dataset in enumerate(config.datasets)
     ]
+    # Every process lists the saved blocks before any process adds one, so
+    # all deal out the same missing work.
+    saved = {
+        (i, j): _saved_ranges(blocks / _cell_name(a, d))
+        for i, j, a, d in cells
+        if not done[i, j]
+    }
+    _barrier("blocks listed")
     # The theory is cheap (scalar recursions per input): predict every pending
     # cell first, so that a failure there stops the sweep before any cell runs.
     predicted = {
@@ -604,31 +680,204 @@ def run_sweep(
         for i, j, activation, dataset in cells
         if not done[i, j]
     }
-    for i, j, activation, dataset in cells:
+    for number, (i, j, activation, dataset) in enumerate(cells):
+        folder = blocks / _cell_name(activation, dataset)
+        owner = number % n_processes == rank
         if done[i, j]:
+            if owner:
+                shutil.rmtree(folder, ignore_errors=True)
             log(f"{activation:>10} / {dataset:<7} already done, skipped")
             continue
         inp = inputs[dataset]
         spec = config.spec(activation, dataset)
-        result = run_ensemble(
-            spec,
-            inp.x[: config.inputs],
-            members=config.members,
-            key=cell_key(config.seed, activation, dataset),
-            probe_x=inp.x,
-            probe_target=inp.target,
-            config=stats_config,
-            chunk_size=chunk_size,
-            memory_budget=memory_budget,
-            compile_for=config.activations,
-            dtype=dtype,
-            progress=f"{activation}/{dataset}" if progress else False,
+        missing = _missing_ranges(saved[i, j], config.members, block[dataset])
+        mine = missing[rank::n_processes]
+        bar = tqdm(
+            total=sum(stop - start for start, stop in mine),
+            unit="member",
+            desc=f"{activation}/{dataset}",
+            disable=not progress,
+            leave=False,
         )
-        region = {"activation": slice(i, i + 1), "dataset": slice(j, j + 1)}
-        _cell_dataset(config, result, spec.sigma_w, predicted[i, j]).to_zarr(
-            store, region=region, consolidated=False
-        )
-        mark = xr.Dataset({"done": (("activation", "dataset"), np.array([[True]]))})
-        mark.to_zarr(store, region=region, consolidated=False)
-        log(f"{activation:>10} / {dataset:<7} done (sigma_w = {spec.sigma_w:.4g})")
+        with bar:
+            for start, stop in mine:
+                result = run_ensemble(
+                    spec,
+                    inp.x[: config.inputs],
+                    members=np.arange(start, stop),
+                    key=cell_key(config.seed, activation, dataset),
+                    probe_x=inp.x,
+                    probe_target=inp.target,
+                    config=stats_config,
+                    chunk_size=chunk_size,
+                    memory_budget=memory_budget,
+                    compile_for=config.activations,
+                    dtype=dtype,
+                    devices=mesh.devices.size,
+                )
+                _writing(folder, _save_block, result, folder, start, stop)
+                bar.update(stop - start)
+        _barrier(f"cell {i} {j} computed")
+        if owner:
+            result = _combine_blocks(folder, config.members, stats_config)
+            region = {"activation": slice(i, i + 1), "dataset": slice(j, j + 1)}
+            cell = _cell_dataset(config, result, spec.sigma_w, predicted[i, j])
+            mark = xr.Dataset({"done": (("activation", "dataset"), np.array([[True]]))})
+            for part in (cell, mark):
+                _writing(store, part.to_zarr, store, region=region, consolidated=False)
+            shutil.rmtree(folder, ignore_errors=True)
+            log(f"{activation:>10} / {dataset:<7} done (sigma_w = {spec.sigma_w:.4g})")
+    _barrier("sweep done")
     return xr.open_zarr(store, consolidated=False)
+
+
+def _cell_name(activation: str, dataset: str) -> str:
+    return f"{activation}.{dataset}"
+
+
+def _block_path(folder: pathlib.Path, start: int, stop: int) -> pathlib.Path:
+    return folder / f"members-{start:010d}-{stop:010d}.npz"
+
+
+def _save_block(result: EnsembleResult, folder: pathlib.Path, start, stop) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    result.save(_block_path(folder, start, stop))
+
+
+def _saved_ranges(folder: pathlib.Path) -> list[tuple[int, int]]:
+    """Member ranges ``[start, stop)`` of the blocks saved in ``folder``.
+
+    Only whole blocks count: a block is written beside its final name and
+    renamed, so a run killed while saving leaves a temporary file, ignored.
+    """
+    if not folder.is_dir():
+        return []
+    ranges = []
+    for path in folder.glob("members-*-*.npz"):
+        _, start, stop = path.stem.split("-")
+        ranges.append((int(start), int(stop)))
+    return sorted(ranges)
+
+
+def _missing_ranges(
+    saved: list[tuple[int, int]], members: int, block: int
+) -> list[tuple[int, int]]:
+    """The members ``0..members-1`` no saved range covers, in blocks of ``block``.
+
+    Saved ranges may come from a run with another block size; a gap between
+    them is cut into blocks starting at the gap.
+    """
+    missing, position = [], 0
+    for start, stop in [*saved, (members, members)]:
+        for first in range(position, start, block):
+            missing.append((first, min(first + block, start)))
+        position = max(position, stop)
+    return missing
+
+
+def _combine_blocks(
+    folder: pathlib.Path, members: int, config: StatsConfig
+) -> EnsembleResult:
+    """The cell's result from its saved blocks, which must cover every member."""
+    paths = sorted(folder.glob("members-*-*.npz"))
+    parts = [EnsembleResult.load(path, config) for path in paths]
+    result = EnsembleResult.concatenate(parts)
+    if not np.array_equal(result.members, np.arange(members)):
+        raise RuntimeError(
+            f"{folder}: saved blocks cover members {_describe(result.members)}, not "
+            f"0..{members - 1}; rerun the same command to compute what is missing"
+        )
+    return result
+
+
+def _describe(members: np.ndarray) -> str:
+    return f"{members.size} of them, {members.min()}..{members.max()}"
+
+
+def _store_bytes(config: SweepConfig) -> int:
+    """An upper bound of the finished store's size on disk (uncompressed)."""
+    a, s = len(config.activations), len(config.datasets)
+    e, l = config.members, config.depth
+    per_cell = (
+        8
+        * l
+        * (
+            e * len(SCALARS)
+            + len(DISTANCES) * (config.stats_config().bins.count + 6 + len(QUANTILES))
+            + len(THEORY)
+        )
+    )
+    return a * s * per_cell
+
+
+def _check_writable(out: pathlib.Path, needed: int) -> None:
+    """Refuses, before any work, a folder that cannot be written or is too full."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".actgeo-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(
+            err.errno,
+            f"out: cannot write to {out} ({err.strerror or err}); choose a writable "
+            "--out",
+        ) from err
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"out: {out} has {free / 2**20:.3g} MiB free, but the store may need "
+            f"up to {needed / 2**20:.3g} MiB; free some space or choose another --out",
+        )
+
+
+def _writing(target: pathlib.Path, write: Callable, *args, **kwargs) -> None:
+    """Calls ``write(*args, **kwargs)``; a file-system failure names ``target``.
+
+    The error says that what was written before is kept and that the same
+    command resumes.
+    """
+    try:
+        write(*args, **kwargs)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise OSError(
+            err.errno,
+            f"out: writing {target} failed ({reason}); results written before are "
+            "kept, and the same command resumes once the problem is fixed",
+        ) from err
+
+
+def _collective(
+    step: Callable[[], np.ndarray], shape: tuple[int, ...], what: str
+) -> np.ndarray:
+    """Runs ``step`` on process 0 and hands its boolean array to every process.
+
+    A failure on process 0 is raised there and, as a short error, on every
+    other process, instead of leaving them waiting.
+    """
+    if jax.process_count() == 1:
+        return step()
+    from jax.experimental import multihost_utils
+
+    failure, value = None, np.zeros(shape, bool)
+    if jax.process_index() == 0:
+        try:
+            value = np.asarray(step(), bool)
+        except Exception as err:  # raised below, once the others know
+            failure = err
+    ok = multihost_utils.broadcast_one_to_all(np.array(failure is None))
+    if failure is not None:
+        raise failure
+    if not ok:
+        raise RuntimeError(f"{what} failed on process 0; see its error")
+    return np.asarray(multihost_utils.broadcast_one_to_all(value), bool)
+
+
+def _barrier(name: str) -> None:
+    """Waits for every process (nothing to wait for with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
