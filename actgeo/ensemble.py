@@ -48,6 +48,7 @@ from actgeo.kernels import histogram
 from actgeo.kernels.histogram import LogSummary
 from actgeo.kernels.statistics import LayerStats, StatsConfig, layer_statistics
 from actgeo.networks import NetworkSpec, _sample_members
+from actgeo.precision import full_precision
 
 __all__ = [
     "MESH_AXIS",
@@ -309,8 +310,13 @@ def _stacked_counts(stats: LayerStats):
         "choices",
     ),
 )
+@full_precision
 def _chunk(*args, **static):
-    """One device's share of a chunk (see :func:`_device_chunk`), compiled."""
+    """One device's share of a chunk (see :func:`_device_chunk`), compiled.
+
+    Matmuls run at full float32 precision unless the caller chose another
+    (see :mod:`actgeo.precision`).
+    """
     return _device_chunk(*args, **static)
 
 
