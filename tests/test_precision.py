@@ -74,3 +74,22 @@ def test_full_precision_wraps_any_function_and_keeps_its_name():
     with fast_matmuls():
         assert _dot_precisions(product.lower(a, a).as_text()) == {"DEFAULT"}
     assert product.__wrapped__.__name__ == "product"
+
+
+def test_every_measuring_kernel_is_full_precision_by_default():
+    from actgeo import kernels
+
+    spec = actgeo.NetworkSpec(input_dim=2, width=4, depth=2, activation="relu")
+    one = jax.tree.map(lambda a: a[0], actgeo.sample(spec, 1, key=jax.random.key(0)))
+    x = np.array([[1.0, 0.5], [-0.5, 2.0]], np.float32)
+    calls = {
+        "neuron_distances": lambda: kernels.neuron_distances(one, x, "relu"),
+        "log_singular_values": lambda: kernels.log_singular_values(one, x, "relu"),
+        "trajectory": lambda: kernels.trajectory(
+            one, kernels.line(x[0], x[1], 4), "relu"
+        ),
+        "ridge_r2": lambda: kernels.ridge_r2(x, x[:, 0], 1, 0.1),
+    }
+    for name, call in calls.items():
+        text = jax.jit(call).lower().as_text()
+        assert _dot_precisions(text) == {"HIGHEST"}, name

@@ -24,6 +24,7 @@ from actgeo.activations import Activation, get_activation
 from actgeo.kernels import _norms
 from actgeo.kernels.forward import _check, _first_layer, batched_step
 from actgeo.networks import MLPParams
+from actgeo.precision import full_precision
 
 
 class Distances(NamedTuple):
@@ -62,6 +63,7 @@ def _layer(z, j, row_norm, region, direction):
     return d_in, d_rep, region, direction
 
 
+@full_precision
 def neuron_distances(
     params: MLPParams,
     x: jax.Array,

@@ -49,6 +49,7 @@ from actgeo.kernels.forward import (
     step_values,
 )
 from actgeo.networks import MLPParams
+from actgeo.precision import full_precision
 
 __all__ = [
     "Crossings",
@@ -565,6 +566,7 @@ def _curve_measures(v, a, log_scale, mask):
     return (v, a, log_scale), (log_speed, kappa, turning)
 
 
+@full_precision
 def trajectory(
     params: MLPParams,
     path: Path,
@@ -727,6 +729,7 @@ def _layer_crossings(act, z, dz, h, mask):
     )
 
 
+@full_precision
 def zero_crossings(
     params: MLPParams,
     path: Path,
@@ -784,6 +787,7 @@ def orthonormal_directions(key: jax.Array, dim: int, count: int) -> jax.Array:
     return jnp.asarray(_random_frame(key, dim, count).T, jnp.float32)
 
 
+@full_precision
 def local_complexity(
     params: MLPParams,
     x: jax.Array,

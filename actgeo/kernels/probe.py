@@ -20,7 +20,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from actgeo.precision import full_precision
 
+
+@full_precision
 def ridge_predictions(
     features: jax.Array, targets: jax.Array, n_train: int, ridge: float | jax.Array
 ) -> jax.Array:
@@ -78,6 +81,7 @@ def r2_score(truth: jax.Array, pred: jax.Array) -> jax.Array:
     return jnp.where(constant, jnp.zeros_like(sst), 1.0 - sse / sst_safe)
 
 
+@full_precision
 def ridge_r2(
     features: jax.Array, targets: jax.Array, n_train: int, ridge: float | jax.Array
 ) -> jax.Array:

@@ -56,6 +56,7 @@ from actgeo.kernels.forward import (
 )
 from actgeo.kernels.paths import positive_number
 from actgeo.networks import MLPParams
+from actgeo.precision import full_precision
 
 __all__ = [
     "PlaneRegions",
@@ -471,6 +472,7 @@ def _raise_if_truncated(walk: RegionWalk, max_crossings: int, caller: str):
 # Public walks ------------------------------------------------------------------
 
 
+@full_precision
 def walk_segment(
     params: MLPParams,
     activation: str | Activation,
@@ -521,6 +523,7 @@ def walk_segment(
     return walk
 
 
+@full_precision
 def walk_circle(
     params: MLPParams,
     activation: str | Activation,
@@ -773,6 +776,7 @@ def _bucket(size: int) -> int:
     return max(8, 1 << (size - 1).bit_length())
 
 
+@full_precision
 def count_regions_2d(
     params: MLPParams,
     activation: str | Activation,

@@ -78,6 +78,7 @@ from actgeo.kernels.forward import (
 )
 from actgeo.kernels.histogram import Bins, LogSummary, summarize
 from actgeo.networks import MLPParams
+from actgeo.precision import full_precision
 
 __all__ = [
     "SPECTRUM_BINS",
@@ -296,6 +297,7 @@ def _check_sweeps(max_sweeps) -> None:
         raise ValueError(f"max_sweeps: expected a positive int, got {max_sweeps!r}")
 
 
+@full_precision
 def log_singular_values(
     params: MLPParams,
     x: jax.Array,
@@ -345,6 +347,7 @@ def log_singular_values(
     return jnp.moveaxis(jax.vmap(one_input)(z1), 0, 1)
 
 
+@full_precision
 def product_log_singular_values(
     first: jax.Array,
     rest: jax.Array,
