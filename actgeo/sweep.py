@@ -492,6 +492,7 @@ def _open_or_create(config: SweepConfig, store: pathlib.Path, overwrite: bool):
             )
         done = existing["done"].values.copy()
         _check_stored_sigma_w(config, store, done, existing["sigma_w"].values)
+        _record_run(store, json.loads(existing.attrs.get("runs", "[]")))
         return done
     # Write the empty store beside its final place and move it in at once, so
     # that a run killed meanwhile leaves no half-made store behind.
@@ -515,7 +516,33 @@ def _open_or_create(config: SweepConfig, store: pathlib.Path, overwrite: bool):
     elif store.exists():
         store.unlink()
     partial.rename(store)
+    _record_run(store, [])
     return np.zeros((len(config.activations), len(config.datasets)), bool)
+
+
+def _record_run(store: pathlib.Path, runs: list[dict]) -> None:
+    """Adds this run (time, processes, devices, versions) to the store's ``runs``.
+
+    A resumed store may be finished on other machines than it began on; the
+    list says which ran.
+    """
+    import datetime
+
+    import zarr
+
+    runs = [
+        *runs,
+        {
+            "started": datetime.datetime.now(datetime.UTC).isoformat(
+                timespec="seconds"
+            ),
+            "processes": jax.process_count(),
+            "devices": [str(d) for d in jax.devices()],
+            "versions": _versions(),
+        },
+    ]
+    group = zarr.open_group(store, mode="r+")
+    group.attrs["runs"] = json.dumps(runs)
 
 
 def _check_stored_sigma_w(

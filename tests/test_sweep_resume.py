@@ -8,6 +8,7 @@ compares the finished store with an uninterrupted run, bit for bit.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pathlib
 import signal
@@ -70,6 +71,8 @@ def test_store_records_settings_versions_and_devices(reference):
     assert reference.attrs["devices"]
     assert reference.attrs["processes"] == 1
     assert reference["done"].values.all()
+    (run,) = json.loads(reference.attrs["runs"])
+    assert run["processes"] == 1 and run["devices"] and run["versions"]["zarr"]
 
 
 def test_killed_during_runs_and_writes_resumes_bit_identical(reference, tmp_path):
@@ -94,6 +97,8 @@ def test_killed_during_runs_and_writes_resumes_bit_identical(reference, tmp_path
     assert lines[0].split()[:3] == ["relu", "/", "sphere"]
     assert "already done" in lines[0]
     _assert_same_store(tmp_path, reference)
+    runs = json.loads(xr.open_zarr(tmp_path / "results.zarr").attrs["runs"])
+    assert len(runs) == 4  # three killed runs and the one that finished
 
 
 def test_two_processes_write_one_store(reference, tmp_path):
@@ -126,6 +131,8 @@ def test_two_processes_write_one_store(reference, tmp_path):
     assert "tanh / sphere  done" in outputs[1]
     _assert_same_store(tmp_path, reference)
     assert (tmp_path / "sweep.png").exists()
+    (run,) = json.loads(xr.open_zarr(tmp_path / "results.zarr").attrs["runs"])
+    assert run["processes"] == 2
 
 
 def test_unwritable_out_and_full_disk_fail_clearly(tmp_path, monkeypatch):
