@@ -231,6 +231,45 @@ def test_layer_statistics_against_reference(activation, residual):
         np.testing.assert_array_equal(summary.n_clipped, 0)
 
 
+@pytest.mark.parametrize("d", [2, 5])
+def test_float32_counts_match_float64_bins_away_from_edges(d):
+    # The kernel bins each distance from float32 operations in its own order
+    # (Jacobian columns laid out (N, D, B), sums of squares over D reduced
+    # there). Against exact float64 distances, a value may change bin only
+    # within float32 rounding of a bin edge.
+    n, depth, b = 48, 6, 9
+    params = ref.random_params(12, d, n, depth)
+    x = np.random.default_rng(13).normal(size=(b, d))
+    bins = CONFIG.bins
+    got = _stats(
+        _mlp(params, jnp.float32), x.astype(np.float32), None, None, "tanh", None
+    )
+    z, j = ref.forward(params, x, "tanh")
+    delta_in, delta_rep, region = ref.distances(params, z, j)
+    kinds = {"delta_in": delta_in, "delta_rep": delta_rep, "region": region}
+    tolerance = 2e-4  # in bins; float32 rounding here is well under 1e-4 of one
+    near_total = total = 0
+    for field, distance in kinds.items():
+        counts = np.asarray(getattr(got, field).counts)
+        for layer in range(depth):
+            logs = np.log10(distance[layer]).ravel()
+            position = (logs - bins.lo) / (bins.hi - bins.lo) * bins.count
+            near = np.abs(position - np.round(position)) < tolerance
+            near_total += near.sum()
+            total += logs.size
+            far = ref.bin_counts(logs[~near], bins.lo, bins.hi, bins.count)
+            extra = counts[layer] - far
+            assert extra.min() >= 0, (field, layer)
+            assert extra.sum() == near.sum(), (field, layer)
+            # Each value near an edge is in one of the two bins beside it.
+            allowed = np.zeros(bins.count, bool)
+            edge = np.round(position[near]).astype(int)
+            allowed[np.clip(edge, 0, bins.count - 1)] = True
+            allowed[np.clip(edge - 1, 0, bins.count - 1)] = True
+            assert allowed[extra > 0].all(), (field, layer)
+    assert near_total < 0.01 * total
+
+
 # measure_function gives the same numbers
 
 

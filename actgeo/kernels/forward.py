@@ -66,6 +66,26 @@ def batched_step(act: Activation, residual):
     return jax.vmap(one_input, in_axes=(None, None, 0, 0))
 
 
+def step_columns(act: Activation, w, b, z_prev, j_prev, residual):
+    """:func:`batched_step` in the column layout: ``z (N, B)``, ``j (N, D, B)``.
+
+    The values and the ``D`` Jacobian columns of every input go through one
+    plain ``(N, N) @ (N, B (1 + D))`` matmul whose output is already in this
+    layout, so no transpose surrounds it. Each column is the one
+    :func:`step_with_jacobian` multiplies, so the numbers are the same.
+    """
+    n, d, b_count = j_prev.shape
+    scaled = act.derivative(z_prev)[:, None, :] * j_prev
+    columns = jnp.concatenate([act.fn(z_prev), scaled.reshape(n, d * b_count)], axis=1)
+    out = w @ columns
+    z = out[:, :b_count] + b[:, None]
+    j = out[:, b_count:].reshape(n, d, b_count)
+    if residual is not None:
+        z = z_prev + residual * z
+        j = j_prev + residual * j
+    return z, j
+
+
 def finite_problems(**arrays) -> list[str]:
     """Names of the concrete arrays that hold NaN or inf (tracers are skipped).
 

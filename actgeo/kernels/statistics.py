@@ -38,6 +38,7 @@ Axis letters: ``B`` inputs whose Jacobians are propagated, ``P`` probe inputs
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -48,15 +49,14 @@ from actgeo.activations import Activation, get_activation
 from actgeo.kernels import _norms
 from actgeo.kernels.forward import (
     _first_layer,
-    batched_step,
     check_params,
     finite_problems,
+    step_columns,
     step_values,
 )
 from actgeo.kernels.histogram import (
     Bins,
     LogSummary,
-    bin_index,
     summarize_without_counts,
 )
 from actgeo.kernels.probe import r2_score, ridge_predictions
@@ -122,6 +122,24 @@ def _pair_correlation(z: jax.Array) -> jax.Array:
     return jnp.mean(jnp.sum(a * b, axis=-1))
 
 
+def _retention(act, config, zp, first_distances, target):
+    """``retention_first`` and ``retention_target`` of one layer (or ``None``)."""
+    retention_first = retention_target = None
+    if first_distances is not None:
+        # One fit serves both targets: they share the features.
+        n_train = config.n_train(zp.shape[0])
+        targets = first_distances
+        if target is not None:
+            targets = jnp.concatenate([first_distances, target[:, None]], axis=1)
+        pred = ridge_predictions(act.fn(zp), targets, n_train, config.ridge)
+        n_first = first_distances.shape[1]
+        truth = targets[n_train:]
+        retention_first = r2_score(truth[:, :n_first], pred[:, :n_first])
+        if target is not None:
+            retention_target = r2_score(truth[:, n_first:], pred[:, n_first:])
+    return retention_first, retention_target
+
+
 def _layer_summary(
     act: Activation,
     config: StatsConfig,
@@ -157,19 +175,9 @@ def _layer_summary(
     q = jnp.mean(_norms.norm(zp, axis=-1) ** 2) / n
     log_jac = jnp.mean(_norms.log10_norm(j.reshape(j.shape[0], -1), axis=-1))
     saturated = jnp.mean(act.saturated(zp).astype(zp.dtype))
-    retention_first = retention_target = None
-    if first_distances is not None:
-        # One fit serves both targets: they share the features.
-        n_train = config.n_train(zp.shape[0])
-        targets = first_distances
-        if target is not None:
-            targets = jnp.concatenate([first_distances, target[:, None]], axis=1)
-        pred = ridge_predictions(act.fn(zp), targets, n_train, config.ridge)
-        n_first = first_distances.shape[1]
-        truth = targets[n_train:]
-        retention_first = r2_score(truth[:, :n_first], pred[:, :n_first])
-        if target is not None:
-            retention_target = r2_score(truth[:, n_first:], pred[:, n_first:])
+    retention_first, retention_target = _retention(
+        act, config, zp, first_distances, target
+    )
     stats = LayerStats(
         q=q,
         correlation=_pair_correlation(zp),
@@ -184,22 +192,178 @@ def _layer_summary(
     return stats, region, (log_in, log_rep, region)
 
 
+def _special_counts(logs, bins: Bins) -> jax.Array:
+    """``(kinds, 4)`` int32: ``n_zero``, ``n_inf``, ``n_nan``, ``n_clipped``.
+
+    The fields of :func:`summarize_without_counts` that count, taken by one
+    small scatter per kind (values in range are dropped): four reductions
+    per kind would cost a kernel launch each.
+    """
+    out = jnp.zeros((len(logs), 4), jnp.int32)
+    for k, v in enumerate(logs):
+        finite = jnp.isfinite(v)
+        outside = finite & ((v < bins.lo) | (v > bins.hi))
+        cls = jnp.where(v == -jnp.inf, 0, 4 * len(logs))
+        cls = jnp.where(v == jnp.inf, 1, cls)
+        cls = jnp.where(jnp.isnan(v), 2, cls)
+        cls = jnp.where(outside, 3, cls)
+        flat = out.reshape(-1).at[4 * k + cls]
+        out = flat.add(jnp.ones_like(cls), mode="drop").reshape(out.shape)
+    return out
+
+
+def _column_summary(
+    act: Activation,
+    config: StatsConfig,
+    z: jax.Array,
+    j: jax.Array,
+    log_row_norm: jax.Array,
+    region_prev: jax.Array,
+    zp: jax.Array | None,
+    first_distances: jax.Array | None,
+    target: jax.Array | None,
+):
+    """:func:`_layer_summary` for :func:`layer_statistics`'s column layout.
+
+    Shapes: ``z (N, B)``, ``j (N, D, B)``, ``log_row_norm (N,)``,
+    ``region_prev (B,)``, ``zp (P, N)`` or ``None`` (``q`` and the rest are
+    then measured on ``z``).
+
+    Returns the layer's statistics packed as ``(floats, ints)`` (see
+    :func:`_unpack`), the region distance to carry, and the log10 distances
+    of the three kinds for the histogram buffer. The distances are computed
+    by the same operations as :func:`_layer_summary`, so they land in the
+    same bins; the sums over neurons and inputs are taken in another order.
+    """
+    bins = config.bins
+    dtype = z.dtype
+    n, b_count = z.shape
+    log_z = _norms.log10_abs(z)
+    # log10 delta_in by the same operations as _norms.log10_ratio over D, so
+    # that every value lands in the same bin. The sum of squares stays a
+    # reduction: written out as u0 * u0 + u1 * u1 it may be contracted into a
+    # fused multiply-add, which rounds differently.
+    # The maximum over D, written across the D slices (exact in any order).
+    m = jnp.abs(j[:, 0])
+    for d in range(1, j.shape[1]):
+        m = jnp.maximum(m, jnp.abs(j[:, d]))
+    nonzero = jnp.logical_not(m == 0)
+    m_safe = jnp.where(nonzero, m, jnp.ones_like(m))
+    u = jnp.where(nonzero[:, None], j / m_safe[:, None], jnp.ones_like(j))
+    sum_sq = jnp.sum(u * u, axis=1)
+    value = log_z - jnp.log10(m_safe) - jnp.log10(jnp.sqrt(sum_sq))
+    log_in = jnp.where(nonzero, value, jnp.full_like(value, jnp.inf))
+    log_rep = log_z - log_row_norm[:, None]
+    log_rep = jnp.where(jnp.isneginf(log_row_norm)[:, None], jnp.inf, log_rep)
+
+    def finite_sum(v):
+        # Over neurons first: one reduction to (B,), not a tree of them.
+        finite = jnp.where(jnp.isfinite(v), v, jnp.zeros_like(v))
+        return jnp.sum(jnp.sum(finite, axis=0) if v.ndim == 2 else finite)
+
+    region = jnp.minimum(region_prev, jnp.min(log_in, axis=0))
+    # |J| of each input from the per-neuron maxima and sums of squares:
+    # |J|^2 = sum_i m_i^2 sum_sq_i, scaled by the largest m_i.
+    jac_max = jnp.max(m, axis=0)
+    jac_nonzero = jnp.logical_not(jac_max == 0)
+    jac_safe = jnp.where(jac_nonzero, jac_max, jnp.ones_like(jac_max))
+    ratio = jnp.where(nonzero, m_safe / jac_safe[None], jnp.zeros_like(m_safe))
+    jac_s = jnp.sqrt(jnp.sum(ratio * ratio * sum_sq, axis=0))
+    jac_log = jnp.log10(jac_safe) + jnp.log10(jac_s)
+    log_jac = jnp.mean(jnp.where(jac_nonzero, jac_log, -jnp.inf))
+    if zp is None:
+        z_max = jnp.max(jnp.abs(z), axis=0)
+        z_nonzero = jnp.logical_not(z_max == 0)
+        z_safe = jnp.where(z_nonzero, z_max, jnp.ones_like(z_max))
+        zu = jnp.where(z_nonzero[None], z / z_safe[None], jnp.ones_like(z))
+        z_s = jnp.sqrt(jnp.sum(zu * zu, axis=0))
+        norms = jnp.where(z_nonzero, z_safe * z_s, jnp.zeros_like(z_safe))
+        q = jnp.mean(norms**2) / n
+        n_pairs = b_count // 2
+        if n_pairs == 0:
+            correlation = jnp.ones((), dtype)
+        else:
+            # cos = (z_a / m_a) . (z_b / m_b) / (s_a s_b); a zero vector's
+            # unit vector is zero, as in _pair_correlation.
+            a, b = slice(0, 2 * n_pairs, 2), slice(1, 2 * n_pairs, 2)
+            dots = jnp.sum(zu[:, a] * zu[:, b], axis=0)
+            cos = dots / (z_s[a] * z_s[b])
+            correlation = jnp.mean(jnp.where(z_nonzero[a] & z_nonzero[b], cos, 0))
+        saturated = jnp.mean(act.saturated(z).astype(dtype))
+        retention = (None, None)
+    else:
+        q = jnp.mean(_norms.norm(zp, axis=-1) ** 2) / n
+        correlation = _pair_correlation(zp)
+        saturated = jnp.mean(act.saturated(zp).astype(zp.dtype))
+        retention = _retention(act, config, zp, first_distances, target)
+
+    floats = [
+        q,
+        correlation,
+        log_jac,
+        saturated,
+        *(jnp.zeros((), dtype) if r is None else r for r in retention),
+        finite_sum(log_in),
+        finite_sum(log_rep),
+        finite_sum(region),
+    ]
+    packed = (
+        jnp.stack([f.astype(dtype) for f in floats]),
+        _special_counts((log_in, log_rep, region), bins).reshape(-1),
+    )
+    return packed, region, (log_in, log_rep, region)
+
+
+def _unpack(packed, with_probe: bool, with_target: bool) -> LayerStats:
+    """:class:`LayerStats` (counts ``None``) from :func:`_column_summary`'s
+    ``(floats (L, 9), ints (L, 12))``."""
+    floats, ints = packed
+
+    def summary(k):
+        n_zero, n_inf, n_nan, n_clipped = (ints[:, 4 * k + i] for i in range(4))
+        return LogSummary(None, floats[:, 6 + k], n_zero, n_inf, n_nan, n_clipped)
+
+    return LayerStats(
+        q=floats[:, 0],
+        correlation=floats[:, 1],
+        log10_jacobian_norm=floats[:, 2],
+        saturated=floats[:, 3],
+        retention_first=floats[:, 4] if with_probe else None,
+        retention_target=floats[:, 5] if with_probe and with_target else None,
+        delta_in=summary(0),
+        delta_rep=summary(1),
+        region=summary(2),
+    )
+
+
 # Histogram buffer: counts (3, L, bins) for delta_in, delta_rep and region.
 _KINDS = ("delta_in", "delta_rep", "region")
 
 
 def _add_counts(counts, layer, logs, bins: Bins, weight):
-    """Adds one layer's distances of every kind into the buffer (one scatter)."""
+    """Adds one layer's distances of every kind into the buffer.
+
+    One scatter per kind: joining the kinds' indices into one array makes XLA
+    compute them in a concatenation, which it does not vectorize. A value
+    that is not finite gets an index past the buffer's end, which the scatter
+    drops, so every update is the same ``weight``.
+    """
     n_layers = counts.shape[1]
-    flat_index, flat_weight = [], []
+    flat = counts.reshape(-1)
     for k, values in enumerate(logs):
         if values is None:
             continue
-        index, finite = bin_index(values, bins)
-        flat_index.append((k * n_layers + layer) * bins.count + index)
-        flat_weight.append(finite.astype(jnp.int32) * weight)
-    flat = counts.reshape(-1).at[jnp.concatenate(flat_index)]
-    return flat.add(jnp.concatenate(flat_weight)).reshape(counts.shape)
+        # Kept in the values' shape: a flattening reshape inside the fused
+        # index computation stops XLA from vectorizing it.
+        finite = jnp.isfinite(values)
+        safe = jnp.where(finite, values, jnp.zeros_like(values))
+        position = (safe - bins.lo) * (bins.count / (bins.hi - bins.lo))
+        index = jnp.clip(jnp.floor(position), 0, bins.count - 1).astype(jnp.int32)
+        index = (k * n_layers + layer) * bins.count + index
+        index = jnp.where(finite, index, counts.size)
+        updates = jnp.broadcast_to(jnp.asarray(weight, counts.dtype), index.shape)
+        flat = flat.at[index].add(updates, mode="drop")
+    return flat.reshape(counts.shape)
 
 
 def _with_counts(stats: LayerStats, counts) -> LayerStats:
@@ -298,8 +462,32 @@ def layer_statistics(
             f"{config.bins.count}), got {counts.shape}"
         )
 
-    step = batched_step(act, residual)
     log_alpha = 0.0 if residual is None else jnp.log10(residual)
+
+    # Column layout: z (N, B), j (N, D, B) (see forward.step_columns).
+    z1 = _first_layer(params, x).T
+    j1 = jnp.broadcast_to(params.w_in[:, :, None], (*params.w_in.shape, x.shape[0]))
+    # Without probe inputs, q and the rest are measured on x itself.
+    zp1 = _first_layer(params, probe_x) if with_probe else None
+    first = None
+    if with_probe:
+        row_norm = _norms.norm(params.w_in, axis=-1)
+        first = zp1 / jnp.where(row_norm != 0, row_norm, jnp.ones_like(row_norm))[None]
+    region0 = jnp.full(x.shape[:1], jnp.inf, z1.dtype)
+    step = functools.partial(step_columns, act, residual=residual)
+
+    # Step l summarizes layer l, then moves to layer l + 1: the summary is
+    # traced once. The last step's move repeats the last layer's weights and
+    # is discarded. Each step takes its weights by index rather than as a
+    # scanned input (no padded copy of every weight), and carries the log10
+    # row norms of the layer it moves to: sliced inside the statistics'
+    # fused loops, they made those loops several times slower.
+    n = params.w_in.shape[0]
+    w_all, b_all = params.w, params.b
+    if n_layers == 1:
+        w_all = jnp.zeros((1, n, n), params.w.dtype)
+        b_all = jnp.zeros((1, n), params.b.dtype)
+
     log_norms = jnp.concatenate(
         [
             _norms.log10_norm(params.w_in, axis=-1)[None],
@@ -307,36 +495,26 @@ def layer_statistics(
         ]
     )
 
-    z1 = _first_layer(params, x)
-    j1 = jnp.broadcast_to(params.w_in, (x.shape[0], *params.w_in.shape))
-    # Without probe inputs, q and the rest are measured on x itself.
-    zp1 = _first_layer(params, probe_x) if with_probe else z1
-    first = None
-    if with_probe:
-        row_norm = _norms.norm(params.w_in, axis=-1)
-        first = zp1 / jnp.where(row_norm != 0, row_norm, jnp.ones_like(row_norm))[None]
-    region0 = jnp.full(x.shape[:1], jnp.inf, z1.dtype)
-
-    # Step l summarizes layer l, then moves to layer l + 1: the summary is
-    # traced once. The last step's move uses padding and is discarded.
-    n = params.w_in.shape[0]
-    w_next = jnp.concatenate([params.w, jnp.zeros((1, n, n), params.w.dtype)])
-    b_next = jnp.concatenate([params.b, jnp.zeros((1, n), params.b.dtype)])
-
-    def body(carry, layer):
-        z, j, zp, region, counts = carry
-        index, log_norm, w, b = layer
-        stats, region, logs = _layer_summary(
+    def body(carry, _):
+        index, log_norm, z, j, zp, region, counts = carry
+        stats, region, logs = _column_summary(
             act, config, z, j, log_norm, region, zp, first, probe_target
         )
         counts = _add_counts(counts, index, logs, config.bins, counts_weight)
+        move = jnp.minimum(index, w_all.shape[0] - 1)
+        w = jax.lax.dynamic_index_in_dim(w_all, move, keepdims=False)
+        b = jax.lax.dynamic_index_in_dim(b_all, move, keepdims=False)
         z, j = step(w, b, z, j)
-        zp = step_values(act, w, b, zp, residual) if with_probe else z
-        return (z, j, zp, region, counts), stats
+        if with_probe:
+            zp = step_values(act, w, b, zp, residual)
+        following = jnp.minimum(index + 1, n_layers - 1)
+        log_norm = jax.lax.dynamic_index_in_dim(log_norms, following, keepdims=False)
+        return (index + 1, log_norm, z, j, zp, region, counts), stats
 
-    layers = (jnp.arange(n_layers), log_norms, w_next, b_next)
-    carry = (z1, j1, zp1, region0, counts)
-    (*_, counts), stats = jax.lax.scan(body, carry, layers)
+    index0 = jnp.zeros((), jnp.int32)
+    carry = (index0, log_norms[0], z1, j1, zp1, region0, counts)
+    (*_, counts), packed = jax.lax.scan(body, carry, None, length=n_layers)
+    stats = _unpack(packed, with_probe, probe_target is not None)
     return _with_counts(stats, counts)
 
 
