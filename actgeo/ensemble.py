@@ -35,6 +35,7 @@ import math
 import os
 import pathlib
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -52,10 +53,14 @@ from actgeo.precision import full_precision
 
 __all__ = [
     "MESH_AXIS",
+    "ChunkPlan",
     "EnsembleResult",
     "default_memory_budget",
+    "estimate_chunk_bytes",
     "estimate_member_bytes",
     "member_mesh",
+    "plan_chunk",
+    "plan_chunks",
     "run_ensemble",
 ]
 
@@ -250,22 +255,65 @@ def estimate_member_bytes(
     config: StatsConfig = StatsConfig(),
     dtype=jnp.float32,
 ) -> int:
-    """Estimated peak device memory one member adds to a chunk, in bytes.
+    """Estimated device memory one member's measurement uses, in bytes.
 
-    Counts the member's parameters (twice: drawn and in use), the carried
+    Counts the member's parameters (eight times: the random bits, the
+    normals, their pieces and the scaled weights, with XLA's temporaries;
+    calibrated against ``compiled.memory_analysis()``), the carried
     activations and Jacobian columns with their temporaries, the probe's
-    Gram matrices, and the per-layer outputs that ``lax.scan`` stacks.
+    Gram matrices, and one histogram buffer of every distance and layer.
+    Nothing in it grows with depth except the histogram (the result itself):
+    layers are scanned, so no layer's activations are kept for the next.
     """
     f = jnp.dtype(dtype).itemsize
-    d, n, l = spec.input_dim, spec.width, spec.depth
-    params = 2 * f * spec.param_count()
+    d, n = spec.input_dim, spec.width
+    params = 8 * f * spec.param_count()
     if spec.init == "orthogonal":
         params += 3 * f * n * n
     propagation = 5 * f * n_inputs * n * (1 + d)
     probe = 5 * f * n_probe * n + 4 * f * n_probe * n_probe
-    per_layer = 3 * (4 * config.bins.count + 5 * 8) + 6 * f
-    outputs = 2 * l * per_layer
-    return int(params + propagation + probe + outputs)
+    return int(params + propagation + probe + _histogram_bytes(spec, config))
+
+
+def _histogram_bytes(spec: NetworkSpec, config: StatsConfig) -> int:
+    return 4 * len(DISTANCES) * spec.depth * config.bins.count
+
+
+def _row_bytes(spec: NetworkSpec) -> int:
+    # Per-member outputs (scalars and log sums per layer), stacked by the
+    # scan and copied out: twice.
+    return 2 * 4 * spec.depth * (len(SCALARS) + len(DISTANCES))
+
+
+def estimate_chunk_bytes(
+    spec: NetworkSpec,
+    n_inputs: int,
+    n_probe: int,
+    *,
+    chunk: int,
+    micro_batch: int = 1,
+    config: StatsConfig = StatsConfig(),
+    dtype=jnp.float32,
+) -> int:
+    """Estimated peak device memory of one compiled chunk, in bytes.
+
+    A chunk runs ``micro_batch`` members at a time. One at a time, each
+    member adds straight into the chunk's histogram buffer, so the peak is
+    one member's working set (:func:`estimate_member_bytes`) plus the
+    buffer and the per-member rows: nearly flat in ``chunk``. Several at a
+    time, each member of the micro batch holds its own histogram until they
+    are summed (about four copies of it at the peak).
+
+    Checked against XLA's own count (``compiled.memory_analysis()``) in the
+    tests: within a factor of three above it, never below.
+    """
+    member = estimate_member_bytes(spec, n_inputs, n_probe, config, dtype)
+    histogram_bytes = _histogram_bytes(spec, config)
+    if micro_batch == 1:
+        working = member + histogram_bytes
+    else:
+        working = micro_batch * (member + 3 * histogram_bytes)
+    return int(histogram_bytes + working + chunk * _row_bytes(spec))
 
 
 def _reduce(stats: LayerStats, mask: jax.Array):
@@ -464,6 +512,116 @@ def _check_array(name: str, value, shape_hint: str, d: int | None, ndim: int):
     return problems
 
 
+class ChunkPlan(NamedTuple):
+    """How a run splits its members, and what one call is expected to use.
+
+    Attributes:
+      chunk: members per device per compiled call (a multiple of
+        ``micro_batch``).
+      micro_batch: members measured together inside a chunk.
+      bytes: :func:`estimate_chunk_bytes` of one call, per device.
+      budget: the memory budget it was planned for, per device.
+    """
+
+    chunk: int
+    micro_batch: int
+    bytes: int
+    budget: int
+
+
+def plan_chunks(
+    spec: NetworkSpec,
+    n_inputs: int,
+    n_probe: int,
+    n_members: int,
+    *,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    micro_batch: int | None = None,
+    config: StatsConfig = StatsConfig(),
+    dtype=jnp.float32,
+    device: jax.Device | None = None,
+) -> ChunkPlan:
+    """Chooses the chunk size from the memory budget, before any work.
+
+    Args:
+      spec, n_inputs, n_probe, config, dtype: the measurement's shapes.
+      n_members: members one device will measure.
+      chunk_size: a requested chunk, checked against the budget; by default
+        the largest that fits (at most 64 on a CPU, where smaller chunks run
+        faster).
+      memory_budget: bytes per device; by default
+        :func:`default_memory_budget` of ``device``.
+      micro_batch: members vmapped together; by default 1 on a CPU and 32
+        on accelerators, never more than the chunk.
+
+    Raises:
+      ValueError: a malformed budget, chunk size or micro batch.
+      MemoryError: the smallest call, or the requested chunk, exceeds the
+        budget; the message gives the estimate and what would fit.
+    """
+    device = device or jax.local_devices()[0]
+    budget = _budget(memory_budget, device)
+    if micro_batch is None:
+        micro_batch = 1 if device.platform == "cpu" else 32
+    if not _is_count(micro_batch) or micro_batch < 1:
+        raise ValueError(f"micro_batch: expected a positive integer, got {micro_batch}")
+    if chunk_size is not None and (not _is_count(chunk_size) or chunk_size < 1):
+        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+    micro_batch = min(micro_batch, n_members, chunk_size or n_members)
+
+    def cost(chunk):
+        return estimate_chunk_bytes(
+            spec,
+            n_inputs,
+            n_probe,
+            chunk=chunk,
+            micro_batch=micro_batch,
+            config=config,
+            dtype=dtype,
+        )
+
+    smallest = cost(micro_batch)
+    if smallest > budget:
+        fewer = " or a smaller micro_batch" if micro_batch > 1 else ""
+        raise MemoryError(
+            f"memory_budget: {micro_batch} member(s) at a time need about "
+            f"{_gib(smallest)} but the budget is {_gib(budget)}; raise the budget"
+            f"{fewer}, or use fewer inputs, fewer probe inputs or a smaller width"
+        )
+    per_row = cost(micro_batch + 1) - smallest
+    fits = micro_batch + (budget - smallest) // max(per_row, 1)
+    fits = fits // micro_batch * micro_batch
+    if chunk_size is not None:
+        chunk = -(-chunk_size // micro_batch) * micro_batch
+        if chunk > fits:
+            raise MemoryError(
+                f"chunk_size: {chunk_size} members need about {_gib(cost(chunk))}, "
+                f"above the budget of {_gib(budget)}; use chunk_size <= {fits} or "
+                "raise the budget"
+            )
+    else:
+        cap = _CPU_CHUNK_CAP if device.platform == "cpu" else fits
+        chunk = max(micro_batch, min(fits, cap, n_members))
+        chunk = -(-chunk // micro_batch) * micro_batch
+    chunk = min(chunk, -(-n_members // micro_batch) * micro_batch)
+    return ChunkPlan(chunk, micro_batch, cost(chunk), budget)
+
+
+def _budget(memory_budget, device) -> int:
+    if memory_budget is None:
+        return default_memory_budget(device)
+    if not (
+        isinstance(memory_budget, int | float | np.integer | np.floating)
+        and math.isfinite(memory_budget)
+        and memory_budget >= 1
+    ):
+        raise ValueError(
+            f"memory_budget: expected a finite byte count >= 1, got {memory_budget!r}"
+        )
+    return int(memory_budget)
+
+
 def plan_chunk(
     per_member: int,
     n_members: int,
@@ -472,27 +630,17 @@ def plan_chunk(
     memory_budget: int | None,
     device: jax.Device | None = None,
 ) -> int:
-    """Chooses the chunk size from the budget, or checks a requested one.
+    """Chunk size for work whose memory is ``per_member`` bytes per member.
 
-    ``per_member`` is :func:`estimate_member_bytes`; the budget, by default
-    :func:`default_memory_budget` of ``device``, is per device.
+    For measurements of other shapes than :func:`run_ensemble`'s (the
+    experiments' own kernels); :func:`plan_chunks` plans the ensemble's.
 
     Raises:
       MemoryError: even one member, or the requested chunk, exceeds the budget;
         the message gives the estimate and a chunk size that fits.
     """
-    if memory_budget is None:
-        budget = default_memory_budget(device)
-    elif not (
-        isinstance(memory_budget, int | float | np.integer | np.floating)
-        and math.isfinite(memory_budget)
-        and memory_budget >= 1
-    ):
-        raise ValueError(
-            f"memory_budget: expected a finite byte count >= 1, got {memory_budget!r}"
-        )
-    else:
-        budget = int(memory_budget)
+    device = device or jax.local_devices()[0]
+    budget = _budget(memory_budget, device)
     fits = budget // per_member
     if fits < 1:
         raise MemoryError(
@@ -512,8 +660,7 @@ def plan_chunk(
                 f"{_gib(budget)}; use chunk_size <= {fits} or raise the budget"
             )
         return min(chunk_size, n_members)
-    platform = (device or jax.local_devices()[0]).platform
-    cap = _CPU_CHUNK_CAP if platform == "cpu" else fits
+    cap = _CPU_CHUNK_CAP if device.platform == "cpu" else fits
     return max(1, min(fits, cap, n_members))
 
 
@@ -600,20 +747,19 @@ def run_ensemble(
     n_probe = 0 if probe_x is None else np.shape(probe_x)[0]
     mesh = member_mesh(devices)
     n_devices = mesh.devices.size
-    per_member = estimate_member_bytes(spec, n_inputs, n_probe, config, dtype)
-    chunk = plan_chunk(
-        per_member,
+    plan = plan_chunks(
+        spec,
+        n_inputs,
+        n_probe,
         -(-member_ids.size // n_devices),
         chunk_size=chunk_size,
         memory_budget=memory_budget,
+        micro_batch=micro_batch,
+        config=config,
+        dtype=dtype,
         device=mesh.devices.flat[0],
     )
-    if micro_batch is None:
-        micro_batch = 1 if mesh.devices.flat[0].platform == "cpu" else 32
-    if not isinstance(micro_batch, int) or micro_batch < 1:
-        raise ValueError(f"micro_batch: expected a positive integer, got {micro_batch}")
-    micro_batch = min(micro_batch, chunk)
-    chunk = -(-chunk // micro_batch) * micro_batch
+    chunk, micro_batch = plan.chunk, plan.micro_batch
 
     x = jnp.asarray(x, dtype)
     probe_x = None if probe_x is None else jnp.asarray(probe_x, dtype)

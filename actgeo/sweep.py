@@ -56,9 +56,8 @@ from actgeo.ensemble import (
     DISTANCES,
     SCALARS,
     EnsembleResult,
-    estimate_member_bytes,
     member_mesh,
-    plan_chunk,
+    plan_chunks,
     run_ensemble,
 )
 from actgeo.kernels.histogram import Bins
@@ -660,16 +659,17 @@ def run_sweep(
     block = {}
     for dataset in inputs:
         spec = config.spec(config.activations[0], dataset)
-        per_member = estimate_member_bytes(
-            spec, config.inputs, config.probe, stats_config, dtype
-        )
-        chunk = plan_chunk(
-            per_member,
+        chunk = plan_chunks(
+            spec,
+            config.inputs,
+            config.probe,
             -(-config.members // mesh.devices.size),
             chunk_size=chunk_size,
             memory_budget=memory_budget,
+            config=stats_config,
+            dtype=dtype,
             device=mesh.devices.flat[0],
-        )
+        ).chunk
         block[dataset] = chunk * mesh.devices.size
     n_processes, rank = jax.process_count(), jax.process_index()
     if rank == 0:

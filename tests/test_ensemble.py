@@ -116,23 +116,71 @@ def test_progress_moves_once_per_finished_chunk(monkeypatch):
     assert updates == [7, 3]
 
 
-def test_chunk_size_defaults_to_the_budget():
-    per_member = ensemble.estimate_member_bytes(SPEC, 3, 8)
-    chunk = ensemble.plan_chunk(
-        per_member, 100, chunk_size=None, memory_budget=3 * per_member + 1
+def _cost(chunk, micro_batch=1):
+    return ensemble.estimate_chunk_bytes(
+        SPEC, 3, 8, chunk=chunk, micro_batch=micro_batch
     )
-    assert chunk == 3
+
+
+def test_chunk_size_defaults_to_the_budget():
+    # One member at a time: each further member adds only its output rows.
+    plan = ensemble.plan_chunks(SPEC, 3, 8, 1000, memory_budget=_cost(5) + 1)
+    assert plan == (5, 1, _cost(5), _cost(5) + 1)
+    plan = ensemble.plan_chunks(
+        SPEC, 3, 8, 1000, micro_batch=2, memory_budget=_cost(7, 2)
+    )
+    assert (plan.chunk, plan.micro_batch) == (6, 2)  # a multiple of the micro batch
+    assert ensemble.plan_chunks(SPEC, 3, 8, 4, memory_budget=2**30).chunk == 4
 
 
 def test_budget_below_one_member_fails_before_work(monkeypatch):
     calls = []
     monkeypatch.setattr(ensemble, "_chunk", lambda *a, **k: calls.append(1))
-    with pytest.raises(MemoryError, match="one member needs about"):
+    with pytest.raises(MemoryError, match=r"1 member\(s\) at a time need about"):
         _run(memory_budget=1000)
     with pytest.raises(MemoryError, match=r"use chunk_size <= 2"):
-        per_member = ensemble.estimate_member_bytes(SPEC, 3, 8)
-        _run(chunk_size=5, memory_budget=2 * per_member + 10)
+        _run(chunk_size=5, memory_budget=_cost(2) + 10)
     assert calls == []
+
+
+@pytest.mark.parametrize(("depth", "micro_batch"), [(2, 1), (12, 1), (12, 4)])
+def test_memory_estimate_bounds_what_xla_allocates(depth, micro_batch):
+    """The estimate is never below XLA's count of a chunk, nor three times above."""
+    spec = actgeo.NetworkSpec(input_dim=4, width=32, depth=depth, activation="tanh")
+    chunk, n_probe = 8, 16
+    x = np.ones((3, 4), np.float32)
+    probe = np.random.default_rng(2).normal(size=(n_probe, 4)).astype(np.float32)
+    with jax.threefry_partitionable(True):
+        compiled = ensemble._chunk.lower(
+            jax.random.key(0),
+            np.arange(chunk, dtype=np.uint32),
+            np.ones(chunk, bool),
+            np.float32(1.0),
+            np.float32(0.0),
+            np.float32(1.0),
+            x,
+            probe,
+            np.ones(n_probe, np.float32),
+            np.int32(0),
+            shape=(4, 32, depth, 0),
+            init="gaussian",
+            activation="tanh",
+            config=ensemble.StatsConfig(),
+            dtype=np.dtype(np.float32),
+            residual=False,
+            micro_batch=micro_batch,
+            choices=None,
+        ).compile()
+    memory = compiled.memory_analysis()
+    xla = (
+        memory.temp_size_in_bytes
+        + memory.output_size_in_bytes
+        + memory.argument_size_in_bytes
+    )
+    estimate = ensemble.estimate_chunk_bytes(
+        spec, 3, n_probe, chunk=chunk, micro_batch=micro_batch
+    )
+    assert xla <= estimate <= 3 * xla, (estimate, xla)
 
 
 @pytest.mark.parametrize(
