@@ -232,8 +232,11 @@ def _column_summary(
     Returns the layer's statistics packed as ``(floats, ints)`` (see
     :func:`_unpack`), the region distance to carry, and the log10 distances
     of the three kinds for the histogram buffer. The distances are computed
-    by the same operations as :func:`_layer_summary`, so they land in the
-    same bins; the sums over neurons and inputs are taken in another order.
+    by the same operations as :func:`_layer_summary`, but XLA fuses and
+    orders them per program (the sum of squares over ``D`` above all), so a
+    value within float32 rounding of a bin edge may land in the neighbouring
+    bin, as it may between a vmapped and a sequential run of either layout.
+    The sums over neurons and inputs are taken in another order.
     """
     bins = config.bins
     dtype = z.dtype
