@@ -105,3 +105,14 @@ def test_concatenate_refuses_repeated_members(reference):
 def test_bad_device_requests_are_named(devices, message):
     with pytest.raises(ValueError, match=message):
         ensemble.member_mesh(devices)
+
+
+def test_importing_actgeo_leaves_the_backend_for_jax_distributed():
+    # jax.distributed.initialize must run before JAX starts its backends, so
+    # importing the library (and building its default settings) must not.
+    code = (
+        "import actgeo, actgeo.sweep, actgeo.cli\n"
+        "from jax._src import xla_bridge\n"
+        "assert not xla_bridge.backends_are_initialized()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

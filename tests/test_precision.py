@@ -89,6 +89,9 @@ def test_every_measuring_kernel_is_full_precision_by_default():
             one, kernels.line(x[0], x[1], 4), "relu"
         ),
         "ridge_r2": lambda: kernels.ridge_r2(x, x[:, 0], 1, 0.1),
+        "preactivations": lambda: kernels.preactivations(one, x, "relu"),
+        "jacobians": lambda: kernels.jacobians(one, x, "relu"),
+        "layer_statistics": lambda: kernels.layer_statistics(one, x, "relu"),
     }
     for name, call in calls.items():
         text = jax.jit(call).lower().as_text()

@@ -24,6 +24,7 @@ import numpy as np
 
 from actgeo.activations import Activation, get_activation
 from actgeo.networks import MLPParams
+from actgeo.precision import full_precision
 
 
 def _first_layer(params: MLPParams, x: jax.Array):
@@ -154,6 +155,7 @@ def _check(params: MLPParams, x: jax.Array, residual=None):
         raise ValueError("; ".join(problems))
 
 
+@full_precision
 def preactivations(
     params: MLPParams,
     x: jax.Array,
@@ -175,6 +177,7 @@ def preactivations(
     return jnp.concatenate([z1[None], zs], axis=0)
 
 
+@full_precision
 def jacobians(
     params: MLPParams,
     x: jax.Array,
@@ -208,6 +211,7 @@ def jacobians(
     )
 
 
+@full_precision
 def readout(
     params: MLPParams,
     z_last: jax.Array,

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -61,6 +62,7 @@ from actgeo.kernels.histogram import (
 )
 from actgeo.kernels.probe import r2_score, ridge_predictions
 from actgeo.networks import MLPParams
+from actgeo.precision import full_precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +81,7 @@ class StatsConfig:
     train_fraction: float = 0.5
 
     def __post_init__(self):
-        if not (self.ridge > 0 and jnp.isfinite(self.ridge)):
+        if not (self.ridge > 0 and math.isfinite(self.ridge)):
             raise ValueError(f"StatsConfig: ridge must be positive, got {self.ridge}")
         if not 0 < self.train_fraction < 1:
             raise ValueError(
@@ -415,6 +417,7 @@ def _check_inputs(d: int | None, x, probe_x, probe_target, config):
         raise ValueError("; ".join(problems))
 
 
+@full_precision
 def layer_statistics(
     params: MLPParams,
     x: jax.Array,
@@ -521,6 +524,7 @@ def layer_statistics(
     return _with_counts(stats, counts)
 
 
+@full_precision
 def measure_function(
     fn: Callable[[jax.Array], Sequence[jax.Array]],
     x: jax.Array,
