@@ -97,7 +97,9 @@ def test_killed_during_runs_and_writes_resumes_bit_identical(reference, tmp_path
     assert lines[0].split()[:3] == ["relu", "/", "sphere"]
     assert "already done" in lines[0]
     _assert_same_store(tmp_path, reference)
-    runs = json.loads(xr.open_zarr(tmp_path / "results.zarr").attrs["runs"])
+    runs = json.loads(
+        xr.open_zarr(tmp_path / "results.zarr", consolidated=False).attrs["runs"]
+    )
     assert len(runs) == 4  # three killed runs and the one that finished
 
 
@@ -131,7 +133,9 @@ def test_two_processes_write_one_store(reference, tmp_path):
     assert "tanh / sphere  done" in outputs[1]
     _assert_same_store(tmp_path, reference)
     assert (tmp_path / "sweep.png").exists()
-    (run,) = json.loads(xr.open_zarr(tmp_path / "results.zarr").attrs["runs"])
+    (run,) = json.loads(
+        xr.open_zarr(tmp_path / "results.zarr", consolidated=False).attrs["runs"]
+    )
     assert run["processes"] == 2
 
 
