@@ -157,13 +157,27 @@ def _join(args: SweepArgs) -> None:
             f"process-id: expected 0..{(args.num_processes or 1) - 1}, got "
             f"{args.process_id}"
         )
+    if args.coordinator is not None:
+        host, _, port = args.coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(
+                f"coordinator: expected host:port (process 0's address), got "
+                f"{args.coordinator!r}"
+            )
     import jax
 
-    jax.distributed.initialize(
-        coordinator_address=args.coordinator,
-        num_processes=args.num_processes,
-        process_id=args.process_id,
-    )
+    try:
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    except Exception as err:
+        raise ValueError(
+            f"distributed: could not join the run ({err}); outside a cluster "
+            "manager (SLURM, Open MPI, Cloud TPU), give --coordinator host:port, "
+            "--num-processes and --process-id to every process"
+        ) from err
 
 
 def sweep(args: SweepArgs) -> int:
@@ -224,12 +238,13 @@ def sweep(args: SweepArgs) -> int:
             log=lambda line: print(f"{prefix}{line}", flush=True),
         )
     except (ValueError, MemoryError, OSError, RuntimeError) as err:
-        print(f"actgeo sweep: {prefix}error: {err}", file=sys.stderr)
+        message = err.strerror if isinstance(err, OSError) and err.strerror else err
+        print(f"actgeo sweep: {prefix}error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
-            "\nactgeo sweep: interrupted; finished cells are saved, and the same "
-            "command resumes from there",
+            "\nactgeo sweep: interrupted; finished cells and every finished block "
+            "of members are saved, and the same command resumes from there",
             file=sys.stderr,
         )
         return 130

@@ -145,6 +145,14 @@ class EnsembleResult:
                 first.distances
             ):
                 raise ValueError("results: hold different statistics")
+        for other in results[1:]:
+            for name, value in other.scalars.items():
+                if value.shape[1:] != first.scalars[name].shape[1:]:
+                    raise ValueError(
+                        f"results: {name} has per-member shape {value.shape[1:]} "
+                        f"in one result and {first.scalars[name].shape[1:]} in "
+                        "another (different depths?)"
+                    )
         members = np.concatenate([r.members for r in results])
         if np.unique(members).size != members.size:
             raise ValueError("results: member indices repeat between results")
@@ -183,17 +191,35 @@ class EnsembleResult:
             for field in _COUNT_FIELDS:
                 arrays[f"{field}/{name}"] = np.asarray(getattr(summary, field))
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: str | pathlib.Path, config: StatsConfig) -> EnsembleResult:
-        """Reads a result written by :meth:`save` (measured with ``config``)."""
-        with np.load(path) as data:
-            arrays = {key: data[key] for key in data.files}
+        """Reads a result written by :meth:`save`.
+
+        The file holds the numbers, not the settings: ``config`` must be the
+        :class:`StatsConfig` it was measured with (it sets the histogram's
+        bins for quantiles and means), and is not checked against the file.
+
+        Raises:
+          ValueError: the file is not a saved result.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+            arrays["members"]
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(
+                f"path: {path} is not a result written by EnsembleResult.save ({err})"
+            ) from err
         members = arrays.pop("members")
         scalars, log_sums, pooled = {}, {}, {}
         for key, value in arrays.items():
@@ -560,6 +586,8 @@ def plan_chunks(
       MemoryError: the smallest call, or the requested chunk, exceeds the
         budget; the message gives the estimate and what would fit.
     """
+    if not _is_count(n_members) or n_members < 1:
+        raise ValueError(f"n_members: expected a positive integer, got {n_members}")
     device = device or jax.local_devices()[0]
     budget = _budget(memory_budget, device)
     if micro_batch is None:
@@ -593,7 +621,8 @@ def plan_chunks(
     fits = micro_batch + (budget - smallest) // max(per_row, 1)
     fits = fits // micro_batch * micro_batch
     if chunk_size is not None:
-        chunk = -(-chunk_size // micro_batch) * micro_batch
+        # A chunk beyond the members would only be padding: it is not asked for.
+        chunk = -(-min(chunk_size, n_members) // micro_batch) * micro_batch
         if chunk > fits:
             raise MemoryError(
                 f"chunk_size: {chunk_size} members need about {_gib(cost(chunk))}, "
@@ -712,6 +741,12 @@ def run_ensemble(
         :func:`member_mesh`); by default every device of this process.
       progress: show a progress bar (a string sets its description); it moves
         when a chunk's results have reached the host.
+
+    Returns:
+      An :class:`EnsembleResult`: per-member scalars ``(E, L)`` in the order
+      of ``members``, and the distances pooled over members, inputs and
+      neurons (histograms of ``log10`` distance per layer, with counts of
+      the values that are zero, infinite, NaN or outside the bins).
 
     Raises:
       ValueError: a wrong shape, a non-finite input, bad member indices.

@@ -461,7 +461,14 @@ def _settings_difference(stored: str | None, requested: str) -> str:
     )
 
 
-def _open_or_create(config: SweepConfig, store: pathlib.Path, overwrite: bool):
+def _open_or_create(
+    config: SweepConfig, store: pathlib.Path, overwrite: bool, mesh
+) -> tuple[np.ndarray, bool]:
+    """The done marks of the store at ``store`` and whether it was just created.
+
+    An existing store is checked against ``config`` and resumed; otherwise
+    (or with ``overwrite``) an empty one is made.
+    """
     if store.exists() and not overwrite:
         try:
             existing = xr.open_zarr(store, consolidated=False)
@@ -491,8 +498,8 @@ def _open_or_create(config: SweepConfig, store: pathlib.Path, overwrite: bool):
             )
         done = existing["done"].values.copy()
         _check_stored_sigma_w(config, store, done, existing["sigma_w"].values)
-        _record_run(store, json.loads(existing.attrs.get("runs", "[]")))
-        return done
+        _record_run(store, json.loads(existing.attrs.get("runs", "[]")), mesh)
+        return done, False
     # Write the empty store beside its final place and move it in at once, so
     # that a run killed meanwhile leaves no half-made store behind.
     partial = store.with_name(store.name + ".partial")
@@ -515,15 +522,16 @@ def _open_or_create(config: SweepConfig, store: pathlib.Path, overwrite: bool):
     elif store.exists():
         store.unlink()
     partial.rename(store)
-    _record_run(store, [])
-    return np.zeros((len(config.activations), len(config.datasets)), bool)
+    _record_run(store, [], mesh)
+    return np.zeros((len(config.activations), len(config.datasets)), bool), True
 
 
-def _record_run(store: pathlib.Path, runs: list[dict]) -> None:
+def _record_run(store: pathlib.Path, runs: list[dict], mesh) -> None:
     """Adds this run (time, processes, devices, versions) to the store's ``runs``.
 
     A resumed store may be finished on other machines than it began on; the
-    list says which ran.
+    list says which ran: ``devices`` are the devices each process used (those
+    of process 0), ``all_devices`` every device of the job.
     """
     import datetime
 
@@ -536,7 +544,8 @@ def _record_run(store: pathlib.Path, runs: list[dict]) -> None:
                 timespec="seconds"
             ),
             "processes": jax.process_count(),
-            "devices": [str(d) for d in jax.devices()],
+            "devices": [str(d) for d in mesh.devices.flat],
+            "all_devices": [str(d) for d in jax.devices()],
             "versions": _versions(),
         },
     ]
@@ -672,16 +681,19 @@ def run_sweep(
         ).chunk
         block[dataset] = chunk * mesh.devices.size
     n_processes, rank = jax.process_count(), jax.process_index()
-    if rank == 0:
-        _check_writable(out, _store_bytes(config))
-    done = _collective(
-        lambda: _open_or_create(config, store, overwrite),
-        (len(config.activations), len(config.datasets)),
-        "opening the store",
-    )
     blocks = out / "blocks"
-    if overwrite and rank == 0:
-        shutil.rmtree(blocks, ignore_errors=True)
+
+    def prepare():
+        _check_writable(out, _store_bytes(config))
+        done, created = _open_or_create(config, store, overwrite, mesh)
+        if created:
+            # Blocks left by a run whose store is gone belong to no store.
+            shutil.rmtree(blocks, ignore_errors=True)
+        return done
+
+    done = _collective(
+        prepare, (len(config.activations), len(config.datasets)), "opening the store"
+    )
     _barrier("store ready")
     cells = [
         (i, j, activation, dataset)
@@ -755,6 +767,8 @@ def run_sweep(
             shutil.rmtree(folder, ignore_errors=True)
             log(f"{activation:>10} / {dataset:<7} done (sigma_w = {spec.sigma_w:.4g})")
     _barrier("sweep done")
+    if rank == 0 and blocks.is_dir() and not any(blocks.iterdir()):
+        blocks.rmdir()
     return xr.open_zarr(store, consolidated=False)
 
 
@@ -807,7 +821,15 @@ def _combine_blocks(
 ) -> EnsembleResult:
     """The cell's result from its saved blocks, which must cover every member."""
     paths = sorted(folder.glob("members-*-*.npz"))
-    parts = [EnsembleResult.load(path, config) for path in paths]
+    parts = []
+    for path in paths:
+        try:
+            parts.append(EnsembleResult.load(path, config))
+        except Exception as err:
+            raise RuntimeError(
+                f"{path}: an unreadable block of saved members ({err}); delete it "
+                "and rerun the same command to compute those members again"
+            ) from err
     result = EnsembleResult.concatenate(parts)
     if not np.array_equal(result.members, np.arange(members)):
         raise RuntimeError(
@@ -839,6 +861,7 @@ def _store_bytes(config: SweepConfig) -> int:
 
 def _check_writable(out: pathlib.Path, needed: int) -> None:
     """Refuses, before any work, a folder that cannot be written or is too full."""
+    made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".actgeo-write-test-{os.getpid()}"
@@ -852,6 +875,8 @@ def _check_writable(out: pathlib.Path, needed: int) -> None:
         ) from err
     free = shutil.disk_usage(out).free
     if free < needed:
+        if made:
+            out.rmdir()
         raise OSError(
             errno.ENOSPC,
             f"out: {out} has {free / 2**20:.3g} MiB free, but the store may need "

@@ -903,7 +903,7 @@ def _chunks(text: str) -> tuple[int, ...]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Defaults: the three shapes of shared/PERFORMANCE.md.",
+        epilog="Defaults: 256,128,32,16,2 64,512,16,8,8 1024,64,64,32,2.",
     )
     parser.add_argument(
         "--shape",

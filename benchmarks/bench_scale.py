@@ -11,7 +11,7 @@ a. **Compile time against depth**: ``jit(...).lower(...).compile()`` of
    they do.
 b. **Memory against depth and against members**: arguments, outputs and
    temporaries of one compiled call from ``compiled.memory_analysis()``,
-   reported apart, beside ``E x actgeo.ensemble.estimate_member_bytes`` (the
+   reported apart, beside ``actgeo.ensemble.estimate_chunk_bytes`` (the
    library's own estimate, which sizes its chunks). Against members, bytes
    per member (the slope between the smallest and the largest ensemble) and
    the ratio of the two totals.
@@ -206,12 +206,19 @@ def _programs(spec: actgeo.NetworkSpec, members: int, activation: str):
     return given, sampled
 
 
-def _estimate(spec: actgeo.NetworkSpec, inputs: int) -> int | None:
+def _estimate(spec: actgeo.NetworkSpec, inputs: int, members: int) -> int | None:
+    """The library's estimate for these ``members`` vmapped at once, per member.
+
+    The programs here vmap ``layer_statistics`` over all members, which is a
+    chunk whose micro batch is every member
+    (:func:`actgeo.ensemble.estimate_chunk_bytes`).
+    """
     try:
-        from actgeo.ensemble import estimate_member_bytes
+        from actgeo.ensemble import estimate_chunk_bytes
     except ImportError:
         return None
-    return int(estimate_member_bytes(spec, inputs, 0))
+    total = estimate_chunk_bytes(spec, inputs, 0, chunk=members, micro_batch=members)
+    return int(total // members)
 
 
 def measure_programs(
@@ -224,7 +231,7 @@ def measure_programs(
     given, sampled = _programs(spec, members, s.activation)
     exe_given, seconds_given = _compile(given, params, x, repeats=repeats)
     exe_sampled, seconds_sampled = _compile(sampled, key, x, repeats=repeats)
-    estimate = _estimate(spec, s.inputs)
+    estimate = _estimate(spec, s.inputs, members)
     return {
         "depth": depth,
         "members": members,
@@ -557,7 +564,7 @@ def table_memory_depth(rows: list[dict], s: Settings) -> str:
         "",
         "| L | arguments | outputs | temporaries | temporaries - outputs "
         "| temporaries, sampling inside | total, sampling inside "
-        "| E x estimate_member_bytes | estimate / total |",
+        "| estimate_chunk_bytes, E at once | estimate / total |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -595,8 +602,8 @@ def table_memory_members(rows: list[dict], s: Settings) -> str:
         f"B={s.inputs}, D={s.input_dim}), MiB",
         "",
         "| E | arguments | outputs | temporaries | total | total / E "
-        "| total, sampling inside | E x estimate_member_bytes | estimate / total, "
-        "sampling inside |",
+        "| total, sampling inside | estimate_chunk_bytes, E at once "
+        "| estimate / total, sampling inside |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -54,9 +54,21 @@ def test_sweep_writes_store_figure_and_table(tmp_path, capsys):
             "relu has none at sigma_b=0.5",
         ),
         (
-            ["--chunk-size", "100000", "--memory-budget-gib", "0.001"],
+            [
+                "--members",
+                "9999",
+                "--chunk-size",
+                "9999",
+                "--memory-budget-gib",
+                "0.001",
+            ],
             "use chunk_size <= ",
         ),
+        (
+            ["--distributed", "--coordinator", "nonsense", "--num-processes", "1"],
+            "coordinator: expected host:port",
+        ),
+        (["--coordinator", "localhost:1"], "--coordinator: only with --distributed"),
     ],
 )
 def test_bad_options_fail_before_work(tmp_path, capsys, flags, message):

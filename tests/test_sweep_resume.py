@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -182,3 +183,43 @@ def test_disk_filling_up_mid_run_keeps_what_was_written(
     assert stored["done"].values.tolist() == [[True], [False]]
     run_sweep(CONFIG, tmp_path, chunk_size=CHUNK)
     _assert_same_store(tmp_path, reference)
+
+
+def test_blocks_of_a_removed_store_are_not_mixed_in(reference, tmp_path, monkeypatch):
+    # Blocks of another sweep (seed 7), left when its store was deleted.
+    save = ensemble.EnsembleResult.save
+
+    def stop_after_two(self, path, saved=[]):  # noqa: B006
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+        saved.append(path)
+        save(self, path)
+
+    monkeypatch.setattr(ensemble.EnsembleResult, "save", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(SweepConfig(**{**TINY, "seed": 7}), tmp_path, chunk_size=CHUNK)
+    monkeypatch.undo()
+    assert len(list((tmp_path / "blocks").rglob("*.npz"))) == 2
+    shutil.rmtree(tmp_path / "results.zarr")
+    run_sweep(CONFIG, tmp_path, chunk_size=CHUNK)
+    _assert_same_store(tmp_path, reference)
+    assert not (tmp_path / "blocks").exists()
+
+
+def test_an_unreadable_block_is_named(tmp_path, monkeypatch):
+    save = ensemble.EnsembleResult.save
+
+    def stop_after_one(self, path, saved=[]):  # noqa: B006
+        if len(saved) == 1:
+            raise KeyboardInterrupt
+        saved.append(path)
+        save(self, path)
+
+    monkeypatch.setattr(ensemble.EnsembleResult, "save", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(CONFIG, tmp_path, chunk_size=CHUNK)
+    monkeypatch.undo()
+    (block,) = (tmp_path / "blocks").rglob("*.npz")
+    block.write_bytes(block.read_bytes()[:100])
+    with pytest.raises(RuntimeError, match=rf"{block.name}: an unreadable block"):
+        run_sweep(CONFIG, tmp_path, chunk_size=CHUNK)

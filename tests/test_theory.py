@@ -199,6 +199,7 @@ def test_mehler_series_matches_the_two_dimensional_expectation():
     assert float(jnp.sum(a**2)) == pytest.approx(float(T.second_moment("tanh", 2.0)))
 
 
+@pytest.mark.slow  # about 25 s: every activation's maps compiled in float32
 def test_float32_is_safe_at_c_equal_one():
     with jax.enable_x64(False):
         relu = activations.get_activation("relu")
@@ -418,6 +419,7 @@ def test_a_registered_activation_gets_theory_by_quadrature():
         activations.unregister("softsign_test")
 
 
+@pytest.mark.slow  # about 25 s: 3000-layer recursions compiled in float32
 def test_deep_ordered_networks_stay_finite_in_float32():
     with jax.enable_x64(False):
         relu = T.iterate("relu", 1.0, 0.0, 3000)
