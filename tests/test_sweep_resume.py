@@ -185,17 +185,23 @@ def test_disk_filling_up_mid_run_keeps_what_was_written(
     _assert_same_store(tmp_path, reference)
 
 
-def test_blocks_of_a_removed_store_are_not_mixed_in(reference, tmp_path, monkeypatch):
-    # Blocks of another sweep (seed 7), left when its store was deleted.
+def _interrupt_after_saving(monkeypatch, n: int) -> None:
+    """Makes the sweep stop (Ctrl-C) once ``n`` blocks are saved."""
     save = ensemble.EnsembleResult.save
+    saved = []
 
-    def stop_after_two(self, path, saved=[]):  # noqa: B006
-        if len(saved) == 2:
+    def save_then_stop(self, path):
+        if len(saved) == n:
             raise KeyboardInterrupt
         saved.append(path)
         save(self, path)
 
-    monkeypatch.setattr(ensemble.EnsembleResult, "save", stop_after_two)
+    monkeypatch.setattr(ensemble.EnsembleResult, "save", save_then_stop)
+
+
+def test_blocks_of_a_removed_store_are_not_mixed_in(reference, tmp_path, monkeypatch):
+    # Blocks of another sweep (seed 7), left when its store was deleted.
+    _interrupt_after_saving(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(SweepConfig(**{**TINY, "seed": 7}), tmp_path, chunk_size=CHUNK)
     monkeypatch.undo()
@@ -207,15 +213,7 @@ def test_blocks_of_a_removed_store_are_not_mixed_in(reference, tmp_path, monkeyp
 
 
 def test_an_unreadable_block_is_named(tmp_path, monkeypatch):
-    save = ensemble.EnsembleResult.save
-
-    def stop_after_one(self, path, saved=[]):  # noqa: B006
-        if len(saved) == 1:
-            raise KeyboardInterrupt
-        saved.append(path)
-        save(self, path)
-
-    monkeypatch.setattr(ensemble.EnsembleResult, "save", stop_after_one)
+    _interrupt_after_saving(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(CONFIG, tmp_path, chunk_size=CHUNK)
     monkeypatch.undo()
