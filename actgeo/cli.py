@@ -180,6 +180,18 @@ def _join(args: SweepArgs) -> None:
         ) from err
 
 
+# The library names its arguments; the command's user typed these flags.
+_FLAGS = {"chunk_size": "--chunk-size", "memory_budget": "--memory-budget-gib"}
+
+
+def _as_flags(message) -> str:
+    """An error of the library, with its argument names as the command's flags."""
+    text = str(message)
+    for name, flag in _FLAGS.items():
+        text = text.replace(name, flag)
+    return text
+
+
 def sweep(args: SweepArgs) -> int:
     """Runs the sweep described by ``args``; returns the exit status."""
     try:
@@ -239,7 +251,7 @@ def sweep(args: SweepArgs) -> int:
         )
     except (ValueError, MemoryError, OSError, RuntimeError) as err:
         message = err.strerror if isinstance(err, OSError) and err.strerror else err
-        print(f"actgeo sweep: {prefix}error: {message}", file=sys.stderr)
+        print(f"actgeo sweep: {prefix}error: {_as_flags(message)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

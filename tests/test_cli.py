@@ -62,7 +62,7 @@ def test_sweep_writes_store_figure_and_table(tmp_path, capsys):
                 "--memory-budget-gib",
                 "0.001",
             ],
-            "use chunk_size <= ",
+            "use --chunk-size <= ",
         ),
         (
             ["--distributed", "--coordinator", "nonsense", "--num-processes", "1"],
