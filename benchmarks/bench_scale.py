@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import functools
 import hashlib
 import inspect
@@ -50,7 +49,6 @@ import json
 import math
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import time
@@ -63,10 +61,10 @@ import numpy as np
 import actgeo
 from actgeo.kernels import layer_statistics
 
-try:  # run as a script: bench_kernel.py lies beside it
-    from bench_kernel import OtherLoad
-except ImportError:  # imported from elsewhere: no load figures
-    OtherLoad = None
+# bench_kernel.py lies beside this script; reach it however this one is loaded.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import bench_kernel
+from bench_kernel import OtherLoad
 
 MIB = 2.0**20
 PRNGS = (
@@ -721,16 +719,6 @@ def table_devices(rows: list[dict], s: Settings) -> str:
     return "\n".join(lines)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _git_state() -> str:
     """The checkout measured: commit, and whether actgeo/ had changes."""
     root = pathlib.Path(__file__).resolve().parent.parent
@@ -756,14 +744,9 @@ def _git_state() -> str:
 
 def machine() -> dict:
     return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
+        **bench_kernel.machine(),
         "device_kind": jax.devices()[0].device_kind,
         "git": _git_state(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -786,9 +769,6 @@ def run(s: Settings, sections: Sequence[str] = SECTIONS, log=None) -> dict:
         if name not in sections:
             continue
         log(title)
-        if OtherLoad is None:
-            out[name] = section(s, log)
-            continue
         with OtherLoad() as load:
             out[name] = section(s, log)
         out["other_load_cores"][name] = load.cores
