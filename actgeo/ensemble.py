@@ -34,7 +34,7 @@ import functools
 import math
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -594,8 +594,7 @@ def plan_chunks(
         micro_batch = 1 if device.platform == "cpu" else 32
     if not _is_count(micro_batch) or micro_batch < 1:
         raise ValueError(f"micro_batch: expected a positive integer, got {micro_batch}")
-    if chunk_size is not None and (not _is_count(chunk_size) or chunk_size < 1):
-        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+    _check_chunk_size(chunk_size)
     micro_batch = min(micro_batch, n_members, chunk_size or n_members)
 
     def cost(chunk):
@@ -609,31 +608,11 @@ def plan_chunks(
             dtype=dtype,
         )
 
-    smallest = cost(micro_batch)
-    if smallest > budget:
-        fewer = " or a smaller micro_batch" if micro_batch > 1 else ""
-        raise MemoryError(
-            f"memory_budget: {micro_batch} member(s) at a time need about "
-            f"{_gib(smallest)} but the budget is {_gib(budget)}; raise the budget"
-            f"{fewer}, or use fewer inputs, fewer probe inputs or a smaller width"
-        )
-    per_row = cost(micro_batch + 1) - smallest
-    fits = micro_batch + (budget - smallest) // max(per_row, 1)
-    fits = fits // micro_batch * micro_batch
-    if chunk_size is not None:
-        # A chunk beyond the members would only be padding: it is not asked for.
-        chunk = -(-min(chunk_size, n_members) // micro_batch) * micro_batch
-        if chunk > fits:
-            raise MemoryError(
-                f"chunk_size: {chunk_size} members need about {_gib(cost(chunk))}, "
-                f"above the budget of {_gib(budget)}; use chunk_size <= {fits} or "
-                "raise the budget"
-            )
-    else:
-        cap = _CPU_CHUNK_CAP if device.platform == "cpu" else fits
-        chunk = max(micro_batch, min(fits, cap, n_members))
-        chunk = -(-chunk // micro_batch) * micro_batch
-    chunk = min(chunk, -(-n_members // micro_batch) * micro_batch)
+    remedy = " or a smaller micro_batch" if micro_batch > 1 else ""
+    remedy += ", or use fewer inputs, fewer probe inputs or a smaller width"
+    chunk = _fit_chunk(
+        cost, micro_batch, n_members, chunk_size, budget, device.platform, remedy
+    )
     return ChunkPlan(chunk, micro_batch, cost(chunk), budget)
 
 
@@ -670,27 +649,64 @@ def plan_chunk(
     """
     device = device or jax.local_devices()[0]
     budget = _budget(memory_budget, device)
-    fits = budget // per_member
-    if fits < 1:
+    _check_chunk_size(chunk_size)
+    return _fit_chunk(
+        lambda chunk: chunk * per_member,
+        1,
+        n_members,
+        chunk_size,
+        budget,
+        device.platform,
+        ", or use fewer inputs or a smaller width",
+    )
+
+
+def _check_chunk_size(chunk_size) -> None:
+    if chunk_size is not None and (not _is_count(chunk_size) or chunk_size < 1):
+        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size}")
+
+
+def _fit_chunk(
+    cost: Callable[[int], int],
+    step: int,
+    n_members: int,
+    chunk_size: int | None,
+    budget: int,
+    platform: str,
+    remedy: str,
+) -> int:
+    """The chunk (a multiple of ``step``) that ``cost``, affine in it, fits.
+
+    A requested ``chunk_size`` is checked (cut to the members first); without
+    one, the largest that fits, at most :data:`_CPU_CHUNK_CAP` on a CPU.
+
+    Raises:
+      MemoryError: ``step`` members, or the requested chunk, exceed the
+        budget; the message gives the estimate and what would fit.
+    """
+    smallest = cost(step)
+    if smallest > budget:
         raise MemoryError(
-            f"memory_budget: one member needs about {_gib(per_member)} but the "
-            f"budget is {_gib(budget)}; raise the budget or use fewer inputs or a "
-            "smaller width"
+            f"memory_budget: {step} member(s) at a time need about "
+            f"{_gib(smallest)} but the budget is {_gib(budget)}; raise the budget"
+            f"{remedy}"
         )
+    per_row = cost(step + 1) - smallest
+    fits = (step + (budget - smallest) // max(per_row, 1)) // step * step
+    whole = -(-n_members // step) * step
     if chunk_size is not None:
-        if not _is_count(chunk_size) or chunk_size < 1:
-            raise ValueError(
-                f"chunk_size: expected a positive integer, got {chunk_size}"
-            )
-        if chunk_size > fits:
+        # A chunk beyond the members would only be padding: it is not asked for.
+        chunk = -(-min(chunk_size, n_members) // step) * step
+        if chunk > fits:
             raise MemoryError(
-                f"chunk_size: {chunk_size} members need about "
-                f"{_gib(chunk_size * per_member)}, above the budget of "
-                f"{_gib(budget)}; use chunk_size <= {fits} or raise the budget"
+                f"chunk_size: {chunk_size} members need about {_gib(cost(chunk))}, "
+                f"above the budget of {_gib(budget)}; use chunk_size <= {fits} or "
+                "raise the budget"
             )
-        return min(chunk_size, n_members)
-    cap = _CPU_CHUNK_CAP if device.platform == "cpu" else fits
-    return max(1, min(fits, cap, n_members))
+        return chunk
+    cap = _CPU_CHUNK_CAP if platform == "cpu" else fits
+    chunk = max(step, min(fits, cap, n_members))
+    return min(-(-chunk // step) * step, whole)
 
 
 def _gib(n: float) -> str:
