@@ -215,7 +215,8 @@ class EnsembleResult:
         try:
             with np.load(path, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
-            arrays["members"]
+            if "members" not in arrays:
+                raise KeyError("no member indices")
         except (OSError, ValueError, KeyError) as err:
             raise ValueError(
                 f"path: {path} is not a result written by EnsembleResult.save ({err})"

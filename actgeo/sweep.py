@@ -32,6 +32,7 @@ theory's scope.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import errno
 import json
 import os
@@ -45,6 +46,7 @@ from typing import Literal
 import jax
 import numpy as np
 import xarray as xr
+import zarr
 from tqdm.auto import tqdm
 
 import actgeo
@@ -533,10 +535,6 @@ def _record_run(store: pathlib.Path, runs: list[dict], mesh) -> None:
     list says which ran: ``devices`` are the devices each process used (those
     of process 0), ``all_devices`` every device of the job.
     """
-    import datetime
-
-    import zarr
-
     runs = [
         *runs,
         {
